@@ -1,0 +1,247 @@
+"""Every trainer hyperparameter in one dataclass: defaults with the reason for each, strict checks.
+
+The field names are the only spelling of each hyperparameter: search spaces, `--set`, checkpoints,
+`config.json` and result tables all use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# Backbone stages from the input upwards; `unfreeze_depth` counts them from the top (layer4).
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+BN_MODES = ("train", "frozen")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+METRICS = {"val_acc": "max", "val_loss": "min"}
+
+
+@dataclass
+class TrainConfig:
+    # --- model ---
+    model: str = "resnet50"  # the product's backbone; smaller/larger ResNets share its stage layout
+    weights: str = "imagenet"  # transfer learning needs pretrained features; "none" or a file path otherwise
+    dropout: float = 0.0  # before the new head; small datasets sometimes want 0.2-0.5
+    # --- what trains ---
+    unfreeze_depth: int = 2  # the seed recipe trains layer3+layer4+head; 0 = feature extraction
+    unfreeze_every: int = 0  # >0: start head-only, unfreeze one more stage every k epochs (gradual)
+    bn_mode: str = "train"  # "frozen" keeps all batch norm in eval mode (better for small batches)
+    # --- learning rates (per stage) ---
+    lr_head: float = 1e-3  # the seed's head rate: a new layer needs the largest steps
+    lr_layer4: float | None = None  # None: the rate of the stage above times lr_decay
+    lr_layer3: float | None = None
+    lr_layer2: float | None = None
+    lr_layer1: float | None = None
+    lr_stem: float | None = None
+    lr_decay: float = 0.1  # head 1e-3 -> layer4 1e-4 as in the seed; lower stages keep more of ImageNet
+    # --- optimizer and schedule ---
+    optimizer: str = "adamw"  # with weight_decay 0 this is the seed's Adam
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 1e-4  # mild; never applied to batch-norm or bias parameters
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"  # smooth decay to zero suits short fine-tuning runs
+    warmup_epochs: float = 0.0  # linear warm-up protects pretrained features from the first big steps
+    step_size: int = 7  # "step" schedule: the seed's StepLR(step_size=7, gamma=0.1)
+    gamma: float = 0.1
+    # --- data ---
+    image_size: int = 224  # ImageNet's training size; smaller is much faster, less accurate
+    aug_strength: float = 0.5  # 0 = resize + centre crop only, 1 = strong (see data.train_transforms)
+    batch_size: int = 32  # the seed's batch size
+    val_fraction: float = 0.2  # used only when the data has no val/ folder
+    # --- run ---
+    epochs: int = 10
+    seed: int = 0  # fixes split, init of the head, shuffling and augmentation
+    metric: str = "val_acc"  # which validation metric picks the best checkpoint
+    precision: str = "auto"  # auto: bf16 (fp16 on old GPUs) on CUDA; bf16 on CPUs with bf16 units, else fp32
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def stage_lrs(self) -> dict[str, float]:
+        """The base learning rate of the head and every backbone stage, top to bottom."""
+        rates = {"head": self.lr_head}
+        above = self.lr_head
+        for stage in reversed(STAGES):
+            explicit = getattr(self, f"lr_{stage}")
+            above = explicit if explicit is not None else above * self.lr_decay
+            rates[stage] = above
+        return rates
+
+
+# The seed tutorial's fine-tuning recipe: Adam, head 1e-3 / layer4 1e-4 / layer3 5e-5, StepLR(7, 0.1).
+SEED_RECIPE: dict[str, Any] = {
+    "unfreeze_depth": 2,
+    "lr_head": 1e-3,
+    "lr_layer4": 1e-4,
+    "lr_layer3": 5e-5,
+    "optimizer": "adamw",
+    "weight_decay": 0.0,
+    "schedule": "step",
+    "step_size": 7,
+    "gamma": 0.1,
+}
+
+_CHOICES = {
+    "model": MODELS,
+    "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES,
+    "bn_mode": BN_MODES,
+    "precision": PRECISIONS,
+    "metric": tuple(METRICS),
+}
+# (low, high, low_inclusive, high_inclusive); None = unbounded on that side.
+_RANGES = {
+    "dropout": (0.0, 1.0, True, False),
+    "unfreeze_depth": (0, len(STAGES), True, True),
+    "unfreeze_every": (0, None, True, True),
+    "lr_head": (0.0, None, False, True),
+    "lr_decay": (0.0, None, False, True),
+    "momentum": (0.0, 1.0, True, False),
+    "weight_decay": (0.0, None, True, True),
+    "label_smoothing": (0.0, 1.0, True, False),
+    "warmup_epochs": (0.0, None, True, True),
+    "step_size": (1, None, True, True),
+    "gamma": (0.0, 1.0, False, True),
+    "image_size": (32, 1024, True, True),
+    "aug_strength": (0.0, 1.0, True, True),
+    "batch_size": (1, None, True, True),
+    "val_fraction": (0.0, 1.0, False, False),
+    "epochs": (1, None, True, True),
+    "seed": (0, None, True, True),
+}
+_RANGES.update({f"lr_{stage}": (0.0, None, False, True) for stage in STAGES})
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def field_type(name: str) -> type:
+    """The scalar type of a field (`float` for `float | None`)."""
+    annotation = {f.name: f.type for f in fields(TrainConfig)}[name]
+    for kind in (bool, int, float, str):
+        if annotation.startswith(kind.__name__):
+            return kind
+    raise AssertionError(f"unhandled annotation {annotation!r} of {name}")
+
+
+def _is_optional(name: str) -> bool:
+    return "None" in {f.name: f.type for f in fields(TrainConfig)}[name]
+
+
+def _describe_range(low, high, low_in, high_in) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>=' if low_in else '>'} {low}")
+    if high is not None:
+        parts.append(f"{'<=' if high_in else '<'} {high}")
+    return " and ".join(parts)
+
+
+def check_value(name: str, value: Any) -> None:
+    """Raise UserError unless `value` has the right type and range for hyperparameter `name`."""
+    if name not in field_names():
+        raise UserError(unknown_key_message(name))
+    kind = field_type(name)
+    optional = _is_optional(name)
+    if value is None and optional:
+        return
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(
+            f"{name} must be {kind.__name__}{' or None' if optional else ''}, but got {value!r}"
+        )
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise UserError(f"{name}={value!r} is not allowed; choose one of {', '.join(_CHOICES[name])}")
+    if name in _RANGES:
+        low, high, low_in, high_in = _RANGES[name]
+        ok = (low is None or (value >= low if low_in else value > low)) and (
+            high is None or (value <= high if high_in else value < high)
+        )
+        if not ok:
+            raise UserError(f"{name} must be {_describe_range(*_RANGES[name])}, but got {value!r}")
+
+
+def validate(config: TrainConfig) -> None:
+    for name in field_names():
+        value = getattr(config, name)
+        check_value(name, value)
+        if field_type(name) is float and isinstance(value, int) and value is not None:
+            setattr(config, name, float(value))  # 1 from JSON or --set means 1.0
+    if config.nesterov and config.momentum == 0:
+        raise UserError("nesterov=True needs momentum > 0, but got momentum=0.0; set momentum=0.9 or nesterov=false")
+
+
+def unknown_key_message(name: str) -> str:
+    close = difflib.get_close_matches(name, field_names(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"unknown hyperparameter {name!r}{hint}; known: {', '.join(field_names())}"
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Turn the text of `--set name=text` into a value of the field's type."""
+    if name not in field_names():
+        raise UserError(unknown_key_message(name))
+    kind = field_type(name)
+    if text.lower() == "none" and _is_optional(name):
+        return None
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise UserError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+    return text
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """`["lr_head=0.01", "model=resnet18"]` -> `{"lr_head": 0.01, "model": "resnet18"}`."""
+    values = {}
+    for item in assignments:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--set expects key=value, but got {item!r} (for example --set lr_head=0.01)")
+        values[name.strip()] = parse_value(name.strip(), text.strip())
+    return values
+
+
+def make_config(values: dict[str, Any] | None = None) -> TrainConfig:
+    """A TrainConfig from a dict, with unknown keys and bad values reported as UserError."""
+    values = dict(values or {})
+    for name in values:
+        if name not in field_names():
+            raise UserError(unknown_key_message(name))
+    return TrainConfig(**values)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON file of hyperparameters (a `best/config.json` works as it is)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist; pass a JSON file of hyperparameters")
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"config file {str(path)!r} is not valid JSON ({err}); fix the file") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {str(path)!r} must hold a JSON object of hyperparameters")
+    return values

@@ -1,0 +1,500 @@
+"""Image folders -> checked train/val/test lists, augmentation presets, datasets and loaders.
+
+Accepted layouts (hidden files and folders are ignored):
+
+    DIR/train/<class>/*  DIR/val/<class>/*  [DIR/test/<class>/*]   used as they are
+    DIR/train/<class>/*  [DIR/test/<class>/*]                      val split off train/
+    DIR/<class>/*                                                  val split off each class
+
+A split is stratified and deterministic: per class, file names are sorted, shuffled with
+`random.Random(seed)`, and the first `round(n * val_fraction)` (at least 1 when n >= 2) go to val.
+
+Augmentation has one knob, `aug_strength` s in [0, 1] (torchvision.transforms.v2):
+
+    s      crop scale      flip   rotation   colour jitter (b, c, s / hue)   RandAugment
+    0      Resize(size*256/224) + CenterCrop(size): the eval transform, no randomness
+    0.25   (0.77, 1)       0.5    +-7.5 deg  0.1 / 0.025                     -
+    0.5    (0.54, 1)       0.5    +-15 deg   0.2 / 0.05                      2 ops, magnitude 5
+    0.75   (0.31, 1)       0.5    +-22.5 deg 0.3 / 0.075                     2 ops, magnitude 7
+    1      (0.08, 1)       0.5    +-30 deg   0.4 / 0.1                       2 ops, magnitude 9
+    in general: scale (1 - 0.92 s, 1), rotation 30 s, jitter 0.4 s / 0.1 s, RandAugment from s >= 0.5
+    with magnitude round(9 s) (halves round up)
+
+The seed tutorial's augmentation (RandomResizedCrop(224), flip, RandomRotation(15),
+ColorJitter(0.2, 0.2)) is roughly s = 0.5: the same rotation and jitter, but its crops go down to
+8% of the image where s = 0.5 stops at 54%, and it has no RandAugment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from .errors import DataError, UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics the pretrained ResNets were trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLIT_FOLDERS = ("train", "val", "test")
+SHOW_BAD_FILES = 5  # check_data lists this many unreadable files; the rest are counted
+
+
+@dataclass
+class ImageSplits:
+    """Where every image is and which label it has; paths are strings so Ray can ship them cheaply."""
+
+    root: Path
+    layout: str  # human text, e.g. "train/val folders" or "class folders, split val_fraction=0.2 seed=0"
+    classes: list[str]  # sorted class names; the label is the index
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    test: list[tuple[str, int]]  # [] when there is no test/ folder
+    bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    dropped: int = 0  # bad files left out because skip_bad_images was set
+    # (smallest, largest) (width, height) by area; filled in by verify_images
+    image_sizes: tuple[tuple[int, int], tuple[int, int]] | None = None
+
+
+# --- finding files -----------------------------------------------------------------------------
+
+
+def find_splits(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> ImageSplits:
+    """List the images of every split without decoding them; DataError if the layout is unusable.
+
+    Files with a non-image extension are recorded in `bad_files`, not raised: `verify_images`
+    decides what to do with them.
+    """
+    root = Path(root)
+    expected = "pass a folder of class folders or of train/ and val/"
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; {expected}")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is not a folder; {expected}")
+    subfolders = _visible_subfolders(root)
+    if "train" in subfolders:
+        splits = _split_folder_layout(root, subfolders, val_fraction, seed)
+    elif "val" in subfolders or "test" in subfolders:
+        present = "val/" if "val" in subfolders else "test/"
+        raise DataError(f"data folder {root} has {present} but no train/; add train/<class>/ folders")
+    else:
+        splits = _class_folder_layout(root, val_fraction, seed)
+    _check_classes(splits)
+    return splits
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _visible_subfolders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and _visible(p))
+
+
+def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image files under `folder` (recursively, sorted) and the non-image files found there."""
+    images, bad = [], []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_EXTENSIONS:
+            images.append(str(path))
+        else:
+            bad.append((str(path), f"not an image file ({suffix or 'no extension'})"))
+    return images, bad
+
+
+def _read_split_folder(root: Path, split: str) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+    """{class name: image paths} for DIR/<split>/<class>/, plus the non-image files found."""
+    by_class, bad = {}, []
+    for name in _visible_subfolders(root / split):
+        by_class[name], class_bad = _class_files(root / split / name)
+        bad += class_bad
+    return by_class, bad
+
+
+def _labelled(by_class: dict[str, list[str]], classes: list[str]) -> list[tuple[str, int]]:
+    return [(path, classes.index(name)) for name in sorted(by_class) for path in by_class[name]]
+
+
+def _check_val_fraction(val_fraction: float) -> None:
+    if not 0 < val_fraction < 1:
+        raise UserError(f"val_fraction must be > 0 and < 1, but got {val_fraction!r}")
+
+
+def _split_folder_layout(
+    root: Path, subfolders: list[str], val_fraction: float, seed: int
+) -> ImageSplits:
+    train_by_class, bad = _read_split_folder(root, "train")
+    classes = sorted(train_by_class)
+    _require_two_classes(root / "train", classes)
+    if "val" in subfolders:
+        val_by_class, val_bad = _read_split_folder(root, "val")
+        _require_same_classes(root, classes, sorted(val_by_class))
+        bad += val_bad
+        layout = "train/val folders"
+    else:
+        _check_val_fraction(val_fraction)
+        train_by_class, val_by_class = _split_each_class(train_by_class, val_fraction, seed)
+        layout = f"train folder, split val_fraction={val_fraction} seed={seed}"
+    test = []
+    if "test" in subfolders:
+        test_by_class, test_bad = _read_split_folder(root, "test")
+        unknown = sorted(set(test_by_class) - set(classes))
+        if unknown:
+            raise DataError(
+                f"test/ in {root} has classes that train/ lacks: {', '.join(unknown)}; "
+                "rename or remove those test folders"
+            )
+        test, bad = _labelled(test_by_class, classes), bad + test_bad
+        layout += " + test folder"
+    return ImageSplits(
+        root=root,
+        layout=layout,
+        classes=classes,
+        train=_labelled(train_by_class, classes),
+        val=_labelled(val_by_class, classes),
+        test=test,
+        bad_files=bad,
+    )
+
+
+def _class_folder_layout(root: Path, val_fraction: float, seed: int) -> ImageSplits:
+    classes = _visible_subfolders(root)
+    if not classes:
+        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        found = f" ({len(loose)} images lie directly in it)" if loose else ""
+        raise DataError(
+            f"no class folders in {root}{found}; put the images of each class in their own folder, "
+            f"{root}/<class>/ or {root}/train/<class>/"
+        )
+    _require_two_classes(root, classes)
+    _check_val_fraction(val_fraction)
+    by_class, bad = {}, []
+    for name in classes:
+        by_class[name], class_bad = _class_files(root / name)
+        bad += class_bad
+    train_by_class, val_by_class = _split_each_class(by_class, val_fraction, seed)
+    return ImageSplits(
+        root=root,
+        layout=f"class folders, split val_fraction={val_fraction} seed={seed}",
+        classes=classes,
+        train=_labelled(train_by_class, classes),
+        val=_labelled(val_by_class, classes),
+        test=[],
+        bad_files=bad,
+    )
+
+
+def _split_each_class(by_class: dict[str, list[str]], val_fraction: float, seed: int):
+    """Stratified, deterministic split: ({class: train paths}, {class: val paths})."""
+    train, val = {}, {}
+    for name, paths in by_class.items():
+        shuffled = sorted(paths)
+        # A fresh generator per class: adding a class does not move the split of the others.
+        random.Random(seed).shuffle(shuffled)
+        n = len(shuffled)
+        n_val = round(n * val_fraction)
+        if n >= 2:
+            n_val = min(max(n_val, 1), n - 1)  # every class is validated and keeps a training image
+        val[name], train[name] = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+    return train, val
+
+
+def _require_two_classes(folder: Path, classes: list[str]) -> None:
+    if not classes:
+        raise DataError(
+            f"no class folders in {folder}; put the images of each class in {folder}/<class>/"
+        )
+    if len(classes) < 2:
+        raise DataError(
+            f"only one class ({classes[0]}) in {folder}; a classifier needs at least 2 class folders"
+        )
+
+
+def _require_same_classes(root: Path, train_classes: list[str], val_classes: list[str]) -> None:
+    missing_in_val = sorted(set(train_classes) - set(val_classes))
+    missing_in_train = sorted(set(val_classes) - set(train_classes))
+    if missing_in_val or missing_in_train:
+        parts = []
+        if missing_in_val:
+            parts.append(f"missing in val/: {', '.join(missing_in_val)}")
+        if missing_in_train:
+            parts.append(f"missing in train/: {', '.join(missing_in_train)}")
+        raise DataError(
+            f"train/ and val/ in {root} have different class folders ({'; '.join(parts)}); "
+            "give both the same class folders"
+        )
+
+
+def _check_classes(splits: ImageSplits) -> None:
+    """Every class needs a training image, and there must be something to validate on."""
+    counts = _count_per_class(splits.train, len(splits.classes))
+    empty = [name for name, n in zip(splits.classes, counts) if n == 0]
+    if empty:
+        raise DataError(
+            f"class {empty[0]!r} has no training images in {splits.root}"
+            f"{f' (nor do {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
+            "add images to it or remove its folder"
+        )
+    if not splits.val:
+        raise DataError(
+            f"no validation images in {splits.root}; "
+            "add images to val/<class>/ or have at least 2 images per class"
+        )
+
+
+def _count_per_class(samples: list[tuple[str, int]], n_classes: int) -> list[int]:
+    counts = [0] * n_classes
+    for _, label in samples:
+        counts[label] += 1
+    return counts
+
+
+# --- decoding every file -----------------------------------------------------------------------
+
+
+def verify_images(
+    splits: ImageSplits, *, skip_bad_images: bool = False, workers: int = 4
+) -> ImageSplits:
+    """Decode every image once; DataError on bad files unless `skip_bad_images` drops them.
+
+    Returns a new ImageSplits with `bad_files`, `dropped` and `image_sizes` filled in.
+    """
+    samples = splits.train + splits.val + splits.test
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decoders release the GIL
+        results = list(pool.map(_decode, [path for path, _ in samples]))
+    known = {path for path, _ in splits.bad_files}
+    unreadable = [(path, reason) for (path, _), (size, reason) in zip(samples, results)
+                  if reason is not None and path not in known]
+    sizes = [size for size, reason in results if reason is None]
+    bad_files = splits.bad_files + unreadable
+    verified = dataclasses.replace(splits, bad_files=bad_files, image_sizes=_size_range(sizes))
+    if not bad_files:
+        return verified
+    if not skip_bad_images:
+        path, reason = bad_files[0]
+        raise DataError(
+            f"{len(bad_files)} unreadable or non-image files in {splits.root}, "
+            f"first: {_relative(path, splits.root)} ({reason}); remove them or pass --skip-bad-images"
+        )
+    bad_paths = {path for path, _ in bad_files}
+    kept = {name: [s for s in getattr(splits, name) if s[0] not in bad_paths] for name in SPLIT_FOLDERS}
+    verified = dataclasses.replace(verified, **kept, dropped=len(bad_files))
+    _check_classes(verified)
+    return verified
+
+
+def load_splits(
+    root: str | Path, *, val_fraction: float = 0.2, seed: int = 0, skip_bad_images: bool = False
+) -> ImageSplits:
+    """find_splits + verify_images: what training calls before the first epoch."""
+    splits = find_splits(root, val_fraction=val_fraction, seed=seed)
+    return verify_images(splits, skip_bad_images=skip_bad_images)
+
+
+def _decode(path: str) -> tuple[tuple[int, int] | None, str | None]:
+    """((width, height), None) for a good image, (None, short reason) for a bad one."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.size, None
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        return None, _short_reason(err, path)
+
+
+def _short_reason(err: Exception, path: str) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    text = text.replace(repr(path), "").replace(path, "").strip(" :'\"")  # the path is shown anyway
+    return text or type(err).__name__
+
+
+def _size_range(sizes: list[tuple[int, int]]):
+    if not sizes:
+        return None
+    by_area = sorted(sizes, key=lambda wh: (wh[0] * wh[1], wh))
+    return by_area[0], by_area[-1]
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
+
+
+# --- the dataset report ------------------------------------------------------------------------
+
+
+def check_data(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], bool]:
+    """A readable report on the dataset at `root` and whether training can use it as it is."""
+    lines = [f"data: {root}"]
+    try:
+        found = find_splits(root, val_fraction=val_fraction, seed=seed)
+        splits = verify_images(found, skip_bad_images=True)  # to list the bad files, not stop at them
+    except DataError as err:
+        return lines + [f"error: {err}", "verdict: not usable; fix the error above"], False
+    lines.append(f"layout: {splits.layout}")
+    lines += _class_table(splits)
+    lines.append(_size_line(splits.image_sizes))
+    lines += _bad_file_lines(splits)
+    warnings = _balance_warnings(splits)
+    lines += [f"warning: {w}" for w in warnings]
+    usable = not splits.bad_files
+    if usable:
+        note = f" ({len(warnings)} warnings)" if warnings else ""
+        lines.append(f"verdict: usable{note}: {len(splits.classes)} classes, "
+                     f"{len(splits.train)} training and {len(splits.val)} validation images")
+    else:
+        lines.append(f"verdict: not usable as it is: remove the {len(splits.bad_files)} bad files "
+                     "or pass --skip-bad-images (they are then left out)")
+    return lines, usable
+
+
+def _class_table(splits: ImageSplits) -> list[str]:
+    columns = ["train", "val"] + (["test"] if splits.test else [])
+    counts = {name: _count_per_class(getattr(splits, name), len(splits.classes)) for name in columns}
+    width = max(len("class"), len("total"), *(len(c) for c in splits.classes))
+    rows = [f"  {'class':<{width}}" + "".join(f"{c:>8}" for c in columns)]
+    for i, name in enumerate(splits.classes):
+        rows.append(f"  {name:<{width}}" + "".join(f"{counts[c][i]:>8}" for c in columns))
+    rows.append(f"  {'total':<{width}}" + "".join(f"{sum(counts[c]):>8}" for c in columns))
+    return [f"classes: {len(splits.classes)}"] + rows
+
+
+def _size_line(image_sizes) -> str:
+    if image_sizes is None:
+        return "image sizes: no readable images"
+    (w0, h0), (w1, h1) = image_sizes
+    return f"image sizes (w x h): smallest {w0}x{h0}, largest {w1}x{h1}"
+
+
+def _bad_file_lines(splits: ImageSplits) -> list[str]:
+    lines = [f"unreadable or non-image files: {len(splits.bad_files)}"]
+    for path, reason in splits.bad_files[:SHOW_BAD_FILES]:
+        lines.append(f"  {_relative(path, splits.root)}: {reason}")
+    if len(splits.bad_files) > SHOW_BAD_FILES:
+        lines.append(f"  ... and {len(splits.bad_files) - SHOW_BAD_FILES} more")
+    return lines
+
+
+def _balance_warnings(splits: ImageSplits) -> list[str]:
+    train = _count_per_class(splits.train, len(splits.classes))
+    val = _count_per_class(splits.val, len(splits.classes))
+    warnings = []
+    median = statistics.median(train)
+    # A class this far below the rest is mostly ignored by an unweighted loss.
+    for name, n in zip(splits.classes, train):
+        if n < median / 3:
+            warnings.append(
+                f"class {name!r} has {n} training images, under a third of the median ({median:g})"
+            )
+    if max(train) > 3 * min(train):
+        warnings.append(f"class imbalance: the largest class has {max(train) / min(train):.1f}x the "
+                        f"training images of the smallest ({max(train)} vs {min(train)})")
+    for name, n in zip(splits.classes, val):
+        if n == 0:
+            warnings.append(f"class {name!r} has no validation images; its accuracy is not measured")
+    return warnings
+
+
+# --- augmentation presets ----------------------------------------------------------------------
+
+
+def eval_transforms(*, image_size: int, mean, std) -> Callable:
+    """PIL image -> normalised float tensor (3, image_size, image_size); resize + centre crop."""
+    return v2.Compose([
+        v2.Resize(round(image_size * 256 / 224)),  # ImageNet's resize-then-crop ratio
+        v2.CenterCrop(image_size),
+        *_to_normalised_tensor(mean, std),
+    ])
+
+
+def train_transforms(*, image_size: int, aug_strength: float, mean, std) -> Callable:
+    """PIL image -> augmented, normalised tensor; `aug_strength` 0 is exactly `eval_transforms`.
+
+    See the module docstring for what each strength does.
+    """
+    if not 0 <= aug_strength <= 1:
+        raise UserError(f"aug_strength must be >= 0 and <= 1, but got {aug_strength!r}")
+    s = aug_strength
+    if s == 0:
+        return eval_transforms(image_size=image_size, mean=mean, std=std)
+    steps = [
+        v2.RandomResizedCrop(image_size, scale=(1 - 0.92 * s, 1.0)),  # s=1: torchvision's 0.08
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomRotation(30 * s),
+        v2.ColorJitter(brightness=0.4 * s, contrast=0.4 * s, saturation=0.4 * s, hue=0.1 * s),
+    ]
+    if s >= 0.5:  # policy-based ops only for strong settings: weak ones should stay close to the data
+        steps.append(v2.RandAugment(num_ops=2, magnitude=math.floor(9 * s + 0.5)))
+    return v2.Compose(steps + _to_normalised_tensor(mean, std))
+
+
+def _to_normalised_tensor(mean, std) -> list:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+
+# --- datasets and loaders ----------------------------------------------------------------------
+
+
+class ImageListDataset(Dataset):
+    """(path, label) pairs -> (transformed image, label); images are read as RGB on each access."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable | None):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        with Image.open(path) as image:
+            image = image.convert("RGB")  # grey, palette and RGBA files all become 3 channels
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+def make_loader(
+    samples: list[tuple[str, int]],
+    transform: Callable,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    generator: torch.Generator | None = None,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader over `samples`; pass a seeded `generator` for a reproducible shuffle."""
+    if drop_last and len(samples) < batch_size:
+        # Otherwise the loader is silently empty and an epoch trains on nothing.
+        raise UserError(
+            f"batch_size={batch_size} is larger than the {len(samples)} images and drop_last is set; "
+            "lower batch_size"
+        )
+    return DataLoader(
+        ImageListDataset(samples, transform),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=generator,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        # Fresh workers each epoch take their seeds from `generator`, which the trainer reseeds per
+        # epoch: augmentation is then a function of (seed, epoch) and a resumed run repeats it exactly.
+        persistent_workers=False,
+    )

@@ -1,0 +1,337 @@
+"""The training loop: plain PyTorch, no Ray. `Trainer` runs one epoch at a time so that both
+`tuner train` and a Ray Tune trial can drive it, checkpoint it and resume it exactly."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import data
+from .checkpoint import save_text, save_torch, write_best
+from .config import METRICS, TrainConfig
+from .errors import UserError
+from .model import (
+    CHECKPOINT_FORMAT,
+    build_model,
+    build_optimizer,
+    normalization,
+    param_groups,
+    set_trained_depth,
+    trained_stages,
+)
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite; the run stops with status `diverged`."""
+
+    def __init__(self, epoch: int, loss: float):
+        super().__init__(f"training diverged in epoch {epoch}: loss is {loss}; lower the learning rates")
+        self.epoch, self.loss = epoch, loss
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"device {requested!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {requested!r} was asked for but this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16, AMX), where bf16 autocast is 2-5x faster."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None means plain fp32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def group_stages(depth: int) -> tuple[str, ...]:
+    """Optimizer group order: head, then stages top-down, so gradual unfreezing only appends."""
+    return ("head", *reversed(trained_stages(depth)))
+
+
+def lr_factor(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """Multiplier of every group's base rate for batch `step` of `steps` in 0-based `epoch`."""
+    start = epoch + step / steps
+    if config.warmup_epochs > 0 and start < config.warmup_epochs:
+        return (start + 1 / steps) / config.warmup_epochs
+    if config.schedule == "cosine":
+        span = max(config.epochs - config.warmup_epochs, 1e-8)
+        return 0.5 * (1 + math.cos(math.pi * min((start - config.warmup_epochs) / span, 1.0)))
+    if config.schedule == "step":
+        return config.gamma ** (epoch // config.step_size)
+    return 1.0
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value > best if METRICS[metric] == "max" else value < best
+
+
+class Trainer:
+    """Owns the model, optimizer and loaders of one run; `run_epoch()` advances it by one epoch."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        splits: data.ImageSplits,
+        *,
+        device: str = "auto",
+        num_workers: int = 0,
+        progress: bool = False,
+    ):
+        self.config = config
+        self.classes = list(splits.classes)
+        self.device = resolve_device(device)
+        self.amp_dtype = autocast_dtype(config.precision, self.device)
+        self.progress = progress
+        self.model, self.weights = build_model(config, len(self.classes))
+        # channels_last suits both cuDNN and oneDNN convolutions (1.2-2x here on CPU).
+        self.model.to(self.device, memory_format=torch.channels_last)
+        self.normalization = normalization(config.model)
+        self._build_loaders(splits, num_workers)
+        self.depth = self.target_depth(0)
+        set_trained_depth(self.model, self.depth, config.bn_mode)
+        self.optimizer = build_optimizer(self._groups(group_stages(self.depth)), config)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.epoch = 0  # epochs completed
+        self.best_metrics: dict[str, Any] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def _build_loaders(self, splits: data.ImageSplits, num_workers: int) -> None:
+        size, norm = self.config.image_size, self.normalization
+        train_tf = data.train_transforms(image_size=size, aug_strength=self.config.aug_strength, **norm)
+        eval_tf = data.eval_transforms(image_size=size, **norm)
+        pin = self.device.type == "cuda"
+        # A generator reseeded every epoch makes shuffling and worker seeds a function of (seed, epoch).
+        self.loader_generator = torch.Generator()
+        self.train_loader = data.make_loader(
+            splits.train, train_tf, batch_size=self.config.batch_size, shuffle=True,
+            num_workers=num_workers, generator=self.loader_generator, pin_memory=pin, drop_last=False,
+        )
+        self.val_loader = data.make_loader(
+            splits.val, eval_tf, batch_size=self.config.batch_size, shuffle=False,
+            num_workers=num_workers, pin_memory=pin,
+        )
+        self.test_loader = (
+            data.make_loader(splits.test, eval_tf, batch_size=self.config.batch_size, shuffle=False,
+                             num_workers=num_workers, pin_memory=pin)
+            if splits.test else None
+        )
+
+    def _groups(self, stages: tuple[str, ...]) -> list[dict]:
+        return param_groups(self.model, self.config, stages)
+
+    def target_depth(self, epoch: int) -> int:
+        """How many stages train in 0-based `epoch` (gradual unfreezing adds one every k epochs)."""
+        every = self.config.unfreeze_every
+        return self.config.unfreeze_depth if every == 0 else min(self.config.unfreeze_depth, epoch // every)
+
+    def _unfreeze_to(self, depth: int) -> None:
+        """Unfreeze stages down to `depth` and give the newly trained ones their optimizer groups."""
+        new_stages = group_stages(depth)[len(group_stages(self.depth)):]
+        set_trained_depth(self.model, depth, self.config.bn_mode)
+        for group in self._groups(new_stages):
+            self.optimizer.add_param_group(group)
+        self.depth = depth
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, images: torch.Tensor, labels: torch.Tensor):
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return images, labels.to(self.device, non_blocking=True)
+
+    def train_one_epoch(self) -> dict[str, float]:
+        config, epoch = self.config, self.epoch
+        self.model.train()
+        self.loader_generator.manual_seed(config.seed * 1_000_003 + epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        steps = len(self.train_loader)
+        batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                       disable=not self.progress, file=sys.stderr)
+        start = time.perf_counter()
+        for step, (images, labels) in enumerate(batches):
+            images, labels = self._to_device(images, labels)
+            factor = lr_factor(config, epoch, step, steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            with self._autocast():
+                logits = self.model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            # Accumulate on the device: no host sync per batch.
+            loss_sum += loss.detach().float() * labels.numel()
+            correct += (logits.argmax(1) == labels).sum()
+            seen += labels.numel()
+        seconds = time.perf_counter() - start
+        train_loss = loss_sum.item() / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise Diverged(epoch + 1, train_loss)
+        return {
+            "train_loss": train_loss,
+            "train_acc": correct.item() / max(seen, 1),
+            "images_per_second": seen / seconds if seconds > 0 else 0.0,
+        }
+
+    @torch.no_grad()
+    def evaluate(self, loader, prefix: str = "val") -> dict[str, float]:
+        """Loss, accuracy (and top-5 with 10+ classes) of the model on `loader`."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        correct5 = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        top5 = len(self.classes) >= 10
+        for images, labels in loader:
+            images, labels = self._to_device(images, labels)
+            with self._autocast():
+                logits = self.model(images)
+            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+            correct += (logits.argmax(1) == labels).sum()
+            if top5:
+                correct5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum()
+            seen += labels.numel()
+        metrics = {f"{prefix}_loss": loss_sum.item() / max(seen, 1), f"{prefix}_acc": correct.item() / max(seen, 1)}
+        if top5:
+            metrics[f"{prefix}_top5"] = correct5.item() / max(seen, 1)
+        return metrics
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train and validate one epoch; returns its metrics (`improved` says whether it is the new best)."""
+        start = time.perf_counter()
+        if self.target_depth(self.epoch) > self.depth:
+            self._unfreeze_to(self.target_depth(self.epoch))
+        metrics: dict[str, Any] = {"epoch": self.epoch + 1}
+        metrics.update(self.train_one_epoch())
+        metrics.update(self.evaluate(self.val_loader))
+        metrics.update({f"lr/{g['stage']}": g["lr"] for g in self.optimizer.param_groups})  # at the last step
+        metrics["unfrozen_stages"] = self.depth
+        metrics["epoch_seconds"] = time.perf_counter() - start
+        self.epoch += 1
+        metric = self.config.metric
+        best_value = self.best_metrics[metric] if self.best_metrics else None
+        metrics["improved"] = is_better(metric, metrics[metric], best_value)
+        if metrics["improved"]:
+            self.best_metrics = {k: v for k, v in metrics.items() if k != "improved"}
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        self.history.append(metrics)
+        return metrics
+
+    def evaluate_best_on_test(self) -> dict[str, float] | None:
+        """Evaluate the best weights once on the test split (never used for selection)."""
+        if self.test_loader is None or self.best_state is None:
+            return None
+        current = copy.deepcopy(self.model.state_dict())
+        self.model.load_state_dict(self.best_state)
+        metrics = self.evaluate(self.test_loader, prefix="test")
+        self.model.load_state_dict(current)
+        return metrics
+
+    # --- checkpoints ---
+
+    def best_payload(self, extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The best epoch as a self-contained checkpoint (what `best/model.pt` holds)."""
+        assert self.best_metrics is not None and self.best_state is not None
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.best_state,
+            "config": self.config.to_dict(),
+            "classes": self.classes,
+            "epoch": self.best_metrics["epoch"],
+            "metrics": {**self.best_metrics, **(extra_metrics or {})},
+            "weights": self.weights,
+            "normalization": self.normalization,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly where it stopped."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "depth": self.depth,
+            "epoch": self.epoch,
+            "rng": torch.get_rng_state(),
+            "config": self.config.to_dict(),
+            "classes": self.classes,
+            "weights": self.weights,
+            "normalization": self.normalization,
+            "best_metrics": self.best_metrics,
+            "best_state": self.best_state,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["classes"] != self.classes:
+            raise UserError(
+                f"the checkpoint was trained on classes {state['classes']} but the data has {self.classes}; "
+                f"resume with the same data"
+            )
+        self._unfreeze_to(state["depth"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        torch.set_rng_state(state["rng"])
+        self.best_metrics, self.best_state = state["best_metrics"], state["best_state"]
+        self.history = list(state["history"])
+
+
+def fit(trainer: Trainer, out_dir, *, on_epoch=None) -> dict[str, Any]:
+    """Run `trainer` to its last epoch, keeping OUT/checkpoint.pt (resume) and OUT/best/ (best epoch).
+
+    `on_epoch(metrics)` is called after each epoch. Returns the best epoch's metrics (with test_*
+    when the data has a test split). A Diverged run leaves OUT/best/ as the best epoch before it.
+    """
+    out_dir = Path(out_dir)
+    while trainer.epoch < trainer.config.epochs:
+        metrics = trainer.run_epoch()
+        if metrics["improved"]:
+            write_best(out_dir / "best", trainer.best_payload())
+        save_torch(trainer.state_dict(), out_dir / "checkpoint.pt")
+        # Rewritten whole from the trainer's history, so it always agrees with checkpoint.pt.
+        save_text("".join(json.dumps(m) + "\n" for m in trainer.history), out_dir / "epochs.jsonl")
+        if on_epoch is not None:
+            on_epoch(metrics)
+    best = dict(trainer.best_metrics or {})
+    test = trainer.evaluate_best_on_test()
+    if test:
+        best.update(test)
+        write_best(out_dir / "best", trainer.best_payload(test))
+    return best

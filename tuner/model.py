@@ -1,0 +1,232 @@
+"""Model surgery: build a ResNet, load its weights, freeze by stage, build optimizer parameter groups.
+
+Stages, from the input upwards: stem (conv1 + bn1), layer1 .. layer4, then the head (fc).
+`unfreeze_depth` d trains the head plus the top d backbone stages: 0 = feature extraction,
+4 = every residual stage, 5 = everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import get_model_weights
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from .config import MODELS, STAGES, TrainConfig
+from .errors import UserError
+
+_ARCHITECTURES = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+    "resnet101": (Bottleneck, [3, 4, 23, 3]),
+    "resnet152": (Bottleneck, [3, 8, 36, 3]),
+}
+_STAGE_PREFIXES = {"stem": ("conv1.", "bn1."), **{f"layer{i}": (f"layer{i}.",) for i in range(1, 5)}}
+# Our checkpoints mark themselves so `weights=PATH` and `predict` know what they hold.
+CHECKPOINT_FORMAT = "tuner.checkpoint/1"
+
+
+class DropoutLinear(nn.Linear):
+    """A Linear head with dropout on its input; its state_dict keys stay torchvision's (fc.weight, fc.bias)."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.0):
+        super().__init__(in_features, out_features)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.dropout(x, self.dropout, self.training))
+
+
+class TransferResNet(ResNet):
+    """torchvision's ResNet that keeps frozen stages' batch norm in eval mode through `train()`.
+
+    `trained_depth` (how many top stages train) and `bn_mode` decide which batch-norm layers may update
+    their running statistics; every `model.train()` call re-applies that, so no caller can forget it.
+    """
+
+    trained_depth: int = 0
+    bn_mode: str = "train"
+
+    def train(self, mode: bool = True) -> TransferResNet:
+        super().train(mode)
+        if mode:
+            for stage in STAGES:
+                if self.bn_mode == "frozen" or stage not in trained_stages(self.trained_depth):
+                    for module in stage_modules(self, stage):
+                        for bn in module.modules():
+                            if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                                bn.eval()
+        return self
+
+
+def trained_stages(depth: int) -> tuple[str, ...]:
+    """The backbone stages trained at `depth`, e.g. 2 -> ("layer3", "layer4")."""
+    return STAGES[len(STAGES) - depth :] if depth > 0 else ()
+
+
+def stage_modules(model: ResNet, stage: str) -> list[nn.Module]:
+    return [model.conv1, model.bn1] if stage == "stem" else [getattr(model, stage)]
+
+
+def stage_of(param_name: str) -> str:
+    """"layer3.1.conv2.weight" -> "layer3"; "fc.bias" -> "head"."""
+    if param_name.startswith("fc."):
+        return "head"
+    for stage, prefixes in _STAGE_PREFIXES.items():
+        if param_name.startswith(prefixes):
+            return stage
+    raise ValueError(f"parameter {param_name} belongs to no stage")
+
+
+def build_model(config: TrainConfig, num_classes: int) -> tuple[TransferResNet, dict[str, Any]]:
+    """The configured ResNet with its weights loaded and a new head; returns (model, weights provenance)."""
+    if config.model not in MODELS:
+        raise UserError(f"model={config.model!r} is not supported; choose one of {', '.join(MODELS)}")
+    torch.manual_seed(config.seed)  # random init and the new head are the same in every run with this seed
+    block, layers = _ARCHITECTURES[config.model]
+    model = TransferResNet(block, layers)
+    provenance = load_backbone_weights(model, config.model, config.weights)
+    model.fc = DropoutLinear(model.fc.in_features, num_classes, config.dropout)
+    set_trained_depth(model, 0, config.bn_mode)
+    return model, provenance
+
+
+def load_backbone_weights(model: ResNet, name: str, weights: str) -> dict[str, Any]:
+    """Load `weights` ("imagenet", "none" or a file path) into `model`; return what was loaded."""
+    if weights == "none":
+        return {"name": "none", "description": "random initialisation", "sha256": None}
+    if weights == "imagenet":
+        state, path, label = _imagenet_state_dict(name)
+    else:
+        path = Path(weights).expanduser()
+        state, label = _file_state_dict(path, name), f"file:{path.name}"
+    _load_backbone_state(model, state, name, path)
+    return {"name": label, "path": str(path), "sha256": file_sha256(path)}
+
+
+def imagenet_cache_path(name: str) -> tuple[Any, Path]:
+    """torchvision's default ImageNet weights for `name` and where its cache keeps the file."""
+    weights = get_model_weights(name).DEFAULT
+    filename = weights.url.rsplit("/", 1)[-1]
+    return weights, Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def imagenet_available(name: str) -> bool:
+    """True when the ImageNet file for `name` is already in torchvision's cache."""
+    return imagenet_cache_path(name)[1].is_file()
+
+
+def _imagenet_state_dict(name: str) -> tuple[dict, Path, str]:
+    weights, path = imagenet_cache_path(name)
+    try:
+        # torchvision's own download-and-cache path (TORCH_HOME/hub/checkpoints), hash checked on download.
+        state = torch.hub.load_state_dict_from_url(
+            weights.url, progress=False, check_hash=True, weights_only=True, map_location="cpu"
+        )
+    except OSError as err:  # offline, DNS failure, HTTP error, disk full
+        raise UserError(
+            f"ImageNet weights for {name} ({weights}) are not in the cache at {path} and could not be "
+            f"downloaded ({getattr(err, 'reason', err)}); put the file there, pass weights=PATH to a "
+            f"local file, or use weights=none for random initialisation"
+        ) from None
+    return state, path, f"imagenet:{weights.name}"
+
+
+def _file_state_dict(path: Path, name: str) -> dict:
+    if not path.is_file():
+        raise UserError(
+            f"weights file {str(path)!r} does not exist; pass an existing state_dict file, "
+            f"weights=imagenet or weights=none"
+        )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, truncated zip, refused globals: all mean "not usable"
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"weights file {str(path)!r} is not a loadable PyTorch state_dict ({first_line}); "
+            f"pass a torchvision or tuner checkpoint"
+        ) from None
+    if isinstance(loaded, dict) and loaded.get("format") == CHECKPOINT_FORMAT:
+        loaded = loaded["model"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise UserError(
+            f"weights file {str(path)!r} does not hold a state_dict of tensors; "
+            f"pass a torchvision or tuner checkpoint for {name}"
+        )
+    return {key.removeprefix("module."): value for key, value in loaded.items()}
+
+
+def _load_backbone_state(model: ResNet, state: dict, name: str, path: Path) -> None:
+    """Load every backbone tensor strictly; the head only when its shape fits ours."""
+    own = model.state_dict()
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing = sorted(k for k in own if not k.startswith("fc.") and k not in backbone)
+    unexpected = sorted(k for k in backbone if k not in own)
+    wrong_shape = sorted(k for k in backbone if k in own and own[k].shape != backbone[k].shape)
+    if missing or unexpected or wrong_shape:
+        problems = [
+            f"{len(keys)} {what} (first: {keys[0]})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong_shape))
+            if keys
+        ]
+        raise UserError(
+            f"weights file {str(path)!r} does not fit {name}: {', '.join(problems)} keys; "
+            f"was it saved from another model? Set model= to the architecture it came from"
+        )
+    model.load_state_dict(backbone, strict=False)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def normalization(name: str) -> dict[str, list[float]]:
+    """Mean and std that the ImageNet weights of `name` were trained with (from their metadata)."""
+    preset = get_model_weights(name).DEFAULT.transforms()
+    return {"mean": list(preset.mean), "std": list(preset.std)}
+
+
+def set_trained_depth(model: TransferResNet, depth: int, bn_mode: str) -> None:
+    """Train the head plus the top `depth` stages; freeze the rest (no gradients, batch norm in eval)."""
+    model.trained_depth, model.bn_mode = depth, bn_mode
+    active = set(trained_stages(depth)) | {"head"}
+    for param_name, param in model.named_parameters():
+        param.requires_grad_(stage_of(param_name) in active)
+    model.train(model.training)
+
+
+def param_groups(model: nn.Module, config: TrainConfig, stages: tuple[str, ...]) -> list[dict]:
+    """Optimizer groups for `stages`: one per stage for decayed weights, one for its batch-norm/bias.
+
+    Each group carries its stage name and `base_lr` so the schedule can scale it.
+    Batch-norm and bias parameters (1-D) get no weight decay: decaying them only hurts.
+    """
+    rates = config.stage_lrs()
+    groups = []
+    for stage in stages:
+        params = [(n, p) for n, p in model.named_parameters() if stage_of(n) == stage and p.requires_grad]
+        decay = [p for n, p in params if p.ndim > 1]
+        no_decay = [p for n, p in params if p.ndim <= 1]
+        for members, weight_decay in ((decay, config.weight_decay), (no_decay, 0.0)):
+            if members:
+                groups.append(
+                    {"params": members, "stage": stage, "lr": rates[stage], "base_lr": rates[stage],
+                     "weight_decay": weight_decay}
+                )
+    return groups
+
+
+def build_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=config.momentum, nesterov=config.nesterov, foreach=True)
+    return torch.optim.AdamW(groups, foreach=True)
