@@ -58,45 +58,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes (0 = in the main process)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data-loading processes; default: up to 8 with CUDA, 0 on CPU (loading in the main "
+                             "process leaves every core to the model)")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="drop unreadable or non-image files instead of refusing the data")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import data
-    from .config import load_config_file, make_config, parse_assignments
     from .engine import Diverged, Trainer, fit
 
-    values = load_config_file(args.config) if args.config else {}
-    values.update(parse_assignments(args.set))
-    config = make_config(values)
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
-    checkpoint = out / "checkpoint.pt"
-    if args.resume and not checkpoint.is_file():
-        raise UserError(f"--resume: {str(checkpoint)!r} does not exist; point --out at an earlier run")
-    if not args.resume and out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {str(out)!r} already holds files; pass --resume to continue that run or choose another --out")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be >= 0, but got {args.workers}")
-
+    saved = _resumable_checkpoint(out) if args.resume else None
+    if saved is None and out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {str(out)!r} already holds files; pass --resume to continue that run or choose another --out")
+    config = _train_config(args, saved)
     splits = data.load_splits(args.data, val_fraction=config.val_fraction, seed=config.seed,
                               skip_bad_images=args.skip_bad_images)
     trainer = Trainer(config, splits, device=args.device, num_workers=args.workers, progress=sys.stderr.isatty())
-    if args.resume:
-        from .checkpoint import load_checkpoint
-        trainer.load_state_dict(load_checkpoint(checkpoint))
+    if saved is not None:
+        trainer.load_state_dict(saved)
     _print_run_header(trainer, splits)
     out.mkdir(parents=True, exist_ok=True)
-    table = _EpochTable()
     try:
-        best = fit(trainer, out, on_epoch=table.row)
+        best = fit(trainer, out, on_epoch=_EpochTable().row)
     except Diverged as err:
         print(f"diverged: {err}; the best checkpoint so far is in {out / 'best'}", file=sys.stderr)
         return 1
     summary = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith(("val_", "test_")))
     print(f"best epoch {best.get('epoch')}: {summary}\nsaved: {out / 'best'}")
     return 0
+
+
+def _resumable_checkpoint(out: Path) -> dict:
+    from .checkpoint import load_checkpoint
+
+    checkpoint = out / "checkpoint.pt"
+    if not checkpoint.is_file():
+        raise UserError(f"--resume: {str(checkpoint)!r} does not exist; point --out at an earlier run")
+    return load_checkpoint(checkpoint)
+
+
+def _train_config(args: argparse.Namespace, saved: dict | None):
+    """The run's config: --config then --set; on --resume the saved one, where only epochs may change."""
+    from .config import load_config_file, make_config, parse_assignments
+
+    values = load_config_file(args.config) if args.config else {}
+    values.update(parse_assignments(args.set))
+    if saved is None:
+        return make_config(values)
+    changed = sorted(k for k, v in values.items() if k != "epochs" and saved["config"].get(k) != v)
+    if changed:
+        raise UserError(f"--resume keeps the run's hyperparameters, but {', '.join(changed)} differ; "
+                        f"only epochs may change (start a new --out to train another configuration)")
+    return make_config({**saved["config"], **values})
 
 
 def _print_run_header(trainer, splits) -> None:
@@ -110,23 +128,21 @@ def _print_run_header(trainer, splits) -> None:
 
 
 class _EpochTable:
-    """Prints one aligned row per epoch, with a header before the first."""
+    """Prints one aligned row per epoch (header first); `*` marks a new best epoch."""
 
-    COLUMNS = (("epoch", "{:>5}"), ("train_loss", "{:>10.4f}"), ("train_acc", "{:>9.4f}"),
-               ("val_loss", "{:>8.4f}"), ("val_acc", "{:>7.4f}"), ("lr/head", "{:>9.2e}"),
-               ("epoch_seconds", "{:>7.1f}"), ("images_per_second", "{:>7.1f}"))
-    HEADERS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr_head", "seconds", "img/s")
+    COLUMNS = (("epoch", "epoch", "d"), ("train_loss", "train_loss", ".4f"), ("train_acc", "train_acc", ".4f"),
+               ("val_loss", "val_loss", ".4f"), ("val_acc", "val_acc", ".4f"), ("lr/head", "lr_head", ".2e"),
+               ("epoch_seconds", "seconds", ".1f"), ("images_per_second", "img/s", ".1f"))
 
     def __init__(self):
         self.started = False
 
     def row(self, metrics: dict) -> None:
         if not self.started:
-            widths = [len(fmt.format(0 if "d" in fmt or fmt == "{:>5}" else 0.0)) for _, fmt in self.COLUMNS]
-            print("  ".join(h.rjust(w) for h, w in zip(self.HEADERS, widths)) + "  best")
+            print("  ".join(f"{title:>10}" for _, title, _ in self.COLUMNS) + "  best")
             self.started = True
-        cells = [fmt.format(metrics[key]) for key, fmt in self.COLUMNS]
-        print("  ".join(cells) + ("  *" if metrics["improved"] else ""), flush=True)
+        cells = [f"{metrics[key]:>10{spec}}" for key, _, spec in self.COLUMNS]
+        print("  ".join(cells) + ("     *" if metrics["improved"] else ""), flush=True)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
