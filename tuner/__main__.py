@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     _add_runtime_options(train)
 
+    _add_search_parser(commands)
+    resume = commands.add_parser("resume", help="continue an interrupted search", formatter_class=_formatter)
+    resume.add_argument("run", metavar="RUN", help="the run folder, STORAGE/NAME")
+
     predict = commands.add_parser("predict", help="classify images with a trained model", formatter_class=_formatter)
     predict.add_argument("--model", required=True, help="a run's best/ folder or its model.pt")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
@@ -56,8 +60,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+# (flag, type, RunSettings default shown in --help, help); None as default = from the space's SETTINGS.
+_SEARCH_FLAGS = (
+    ("--data", str, None, "image folder or the space's demo data"),
+    ("--metric", str, "val_acc", "val_acc (maximised) or val_loss (minimised)"),
+    ("--trials", int, 20, "trials to run"),
+    ("--max-epochs", int, 10, "epochs of a trial that ASHA never stops"),
+    ("--grace-period", int, 2, "ASHA: epochs every trial gets"),
+    ("--reduction-factor", int, 3, "ASHA: keep the top 1/N at each rung"),
+    ("--max-concurrent", int, 2, "trials running at once"),
+    ("--cpus-per-trial", float, 1.0, "CPUs each trial reserves"),
+    ("--gpus-per-trial", float, 0.0, "GPUs each trial reserves (0.5 packs two trials on a GPU)"),
+    ("--time-budget", float, None, "seconds after which no new trial starts (default: none)"),
+    ("--seed", int, 0, "seed of the Optuna sampler"),
+    ("--max-failures", int, 2, "restarts of a crashed trial from its last checkpoint"),
+    ("--storage", str, "runs", "where run folders go (STORAGE/NAME)"),
+    ("--name", str, None, "run name (default: SPACE-YYYYmmdd-HHMMSS)"),
+    ("--address", str, None, "join this Ray cluster (default: start a local Ray)"),
+)
+
+
+def _add_search_parser(commands) -> None:
+    search = commands.add_parser(
+        "search", help="search hyperparameters with Ray Tune, Optuna and ASHA", formatter_class=argparse.HelpFormatter,
+        description="Run a search. Each run setting comes from its flag, else the space file's SETTINGS, else the "
+                    "default shown.")
+    search.add_argument("--space", required=True, help="search-space file, or a name in search_spaces/ (finetune, "
+                                                       "feature_extract, gradual, demo)")
+    for flag, kind, default, text in _SEARCH_FLAGS:
+        shown = f" (default: {default})" if default is not None and "default:" not in text else ""
+        search.add_argument(flag, type=kind, default=None, help=text + shown)
+    search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="fix a hyperparameter for every trial, e.g. --set model=resnet18 (repeatable)")
+    _add_runtime_options(search, device=False)
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    if device:
+        parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=int, default=None,
                         help="data-loading processes; default: up to 8 with CUDA, 0 on CPU (loading in the main "
                              "process leaves every core to the model)")
@@ -145,6 +185,24 @@ class _EpochTable:
         print("  ".join(cells) + ("     *" if metrics["improved"] else ""), flush=True)
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from .config import parse_assignments
+    from .search import run_search
+
+    flags = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
+             for flag, *_ in _SEARCH_FLAGS}
+    flags.update(workers=args.workers, skip_bad_images=args.skip_bad_images or None)
+    run_search(args.space, flags, parse_assignments(args.set))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .search import resume_search
+
+    resume_search(args.run)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Predictor
 
@@ -177,7 +235,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "predict": cmd_predict, "check-data": cmd_check_data, "demo-data": cmd_demo_data}
+COMMANDS = {"train": cmd_train, "search": cmd_search, "resume": cmd_resume, "predict": cmd_predict, "check-data": cmd_check_data, "demo-data": cmd_demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -286,8 +286,12 @@ class Trainer:
             "normalization": self.normalization,
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly where it stopped."""
+    def state_dict(self, include_best: bool = True) -> dict[str, Any]:
+        """Everything needed to continue this run exactly where it stopped.
+
+        `include_best=False` leaves out the copy of the best weights (for callers that keep the
+        best epoch's checkpoint themselves, as Ray Tune does).
+        """
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
@@ -301,7 +305,7 @@ class Trainer:
             "weights": self.weights,
             "normalization": self.normalization,
             "best_metrics": self.best_metrics,
-            "best_state": self.best_state,
+            "best_state": self.best_state if include_best else None,
             "history": self.history,
         }
 

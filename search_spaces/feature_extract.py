@@ -1,0 +1,14 @@
+"""Feature extraction: the backbone stays frozen; only the new head and its regularisation are searched."""
+
+SETTINGS = {"max_epochs": 8, "grace_period": 2, "reduction_factor": 3, "trials": 16}
+
+START = [{"lr_head": 1e-3, "aug_strength": 0.5}]  # the seed tutorial's head-only run
+
+
+def space(trial):
+    trial.suggest_float("lr_head", 1e-4, 1e-1, log=True)
+    trial.suggest_float("aug_strength", 0.0, 1.0)
+    trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
+    trial.suggest_float("dropout", 0.0, 0.5)
+    trial.suggest_float("label_smoothing", 0.0, 0.2)
+    return {"unfreeze_depth": 0, "optimizer": "adamw", "schedule": "cosine"}

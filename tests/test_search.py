@@ -1,0 +1,158 @@
+"""End-to-end searches on a real local Ray with Optuna and ASHA (small data, resnet18 at 32 px)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tuner import data
+from tuner.checkpoint import load_checkpoint
+from tuner.demo_data import write_demo_data
+from tuner.results import evaluate_payload
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+SETTINGS = {"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 32, "trials": 6,
+            "max_epochs": 3, "grace_period": 1, "reduction_factor": 2, "max_concurrent": 2}
+
+def space(trial):
+    depth = trial.suggest_int("unfreeze_depth", 0, 2)
+    trial.suggest_float("lr_head", 1e-4, 1e-2, log=True)
+    for stage in ("layer4", "layer3")[:depth]:
+        trial.suggest_float(f"lr_{stage}", 1e-5, 1e-3, log=True)
+    trial.suggest_float("aug_strength", 0.0, 0.5)
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    write_demo_data(root / "data", train_per_class=20, val_per_class=8, test_per_class=4)
+    (root / "space.py").write_text(textwrap.dedent(SPACE))
+    return root
+
+
+def tuner_command(*args):
+    return [sys.executable, "-m", "tuner", *args]
+
+
+@pytest.fixture(scope="module")
+def finished(setup):
+    result = subprocess.run(
+        tuner_command("search", "--space", str(setup / "space.py"), "--data", str(setup / "data"),
+                      "--storage", str(setup / "runs"), "--name", "full"),
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return setup / "runs" / "full", result.stdout
+
+
+def test_every_trial_has_a_row_with_its_hyperparameters(finished):
+    run, _ = finished
+    trials = pq.read_table(run / "trials.parquet").to_pylist()
+    assert len(trials) == 6
+    assert {"trial_id", "status", "epochs", "stopped_early", "val_acc", "val_loss", "seconds",
+            "unfreeze_depth", "lr_head", "lr_layer4", "lr_layer3", "aug_strength"} <= set(trials[0])
+    for row in trials:  # a frozen stage has no learning rate
+        assert (row["lr_layer4"] is None) == (row["unfreeze_depth"] < 1)
+        assert (row["lr_layer3"] is None) == (row["unfreeze_depth"] < 2)
+
+
+def test_asha_stops_weak_trials_early(finished):
+    run, output = finished
+    trials = pq.read_table(run / "trials.parquet").to_pylist()
+    assert sum(row["epochs"] for row in trials) < 6 * 3
+    assert any(row["stopped_early"] for row in trials)
+    assert "stopped early by ASHA" in output
+    epochs = pq.read_table(run / "epochs.parquet").to_pylist()
+    assert len(epochs) == sum(row["epochs"] for row in trials)
+
+
+def test_best_is_the_best_epoch_and_reproduces_its_val_acc(finished, setup):
+    run, _ = finished
+    metrics = json.loads((run / "best" / "metrics.json").read_text())
+    trials = pq.read_table(run / "trials.parquet").to_pylist()
+    assert metrics["val_acc"] == max(row["val_acc"] for row in trials)
+    assert metrics["trial_id"] in {row["trial_id"] for row in trials}
+    assert {"epoch", "weights", "test_acc"} <= set(metrics)
+    payload = load_checkpoint(run / "best")
+    splits = data.load_splits(setup / "data")
+    assert evaluate_payload(payload, splits, "val")["val_acc"] == pytest.approx(metrics["val_acc"])
+
+
+def test_tensorboard_event_files_exist_for_every_trial(finished):
+    run, _ = finished
+    trial_dirs = [p for p in run.iterdir() if p.name.startswith("trial_")]
+    assert len(trial_dirs) == 6
+    assert all(list(d.glob("events.out.tfevents.*")) for d in trial_dirs)
+
+
+def test_progress_lines_replace_rays_log(finished):
+    _, output = finished
+    assert "trial   1 epoch   1: val_acc" in output and "search best" in output
+    assert "top trials by val_acc" in output and "best model:" in output
+
+
+def _wait_for(process, text, timeout):
+    """Read the child's output until `text` appears; returns what was read."""
+    seen, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if text in line:
+            return seen
+    raise AssertionError(f"{text!r} never appeared:\n{seen[-3000:]}")
+
+
+def test_killed_search_resumes_without_losing_or_rerunning_finished_trials(setup):
+    run = setup / "runs" / "killed"
+    process = subprocess.Popen(
+        tuner_command("search", "--space", str(setup / "space.py"), "--data", str(setup / "data"),
+                      "--storage", str(setup / "runs"), "--name", "killed", "--trials", "4",
+                      "--max-concurrent", "1", "--max-epochs", "2", "--grace-period", "2"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        _wait_for(process, "trial 1 completed", timeout=600)
+        time.sleep(3)  # let the search state (saved every 2 s) catch up with the finished trial
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray it started, as in a crash
+        process.wait()
+    finished_before = {p.name: (p / "progress.csv").read_text() for p in run.glob("trial_*")
+                       if (p / "progress.csv").is_file() and len((p / "progress.csv").read_text().splitlines()) == 3}
+    assert finished_before, "no trial had finished before the kill"
+
+    result = subprocess.run(tuner_command("resume", str(run)), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = pq.read_table(run / "trials.parquet").to_pylist()
+    assert len(trials) == 4 and all(row["status"] == "completed" for row in trials)
+    for name, progress in finished_before.items():  # finished trials were neither lost nor re-run
+        assert (run / name / "progress.csv").read_text() == progress
+    assert (run / "best" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["search", "--space", "{tmp}/missing.py"], "does not exist"),
+    pytest.param(["search", "--space", "{space}", "--gpus-per-trial", "1"], "GPUs",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    (["search", "--space", "{space}", "--grace-period", "9", "--max-epochs", "2"], "grace_period (9) must be <="),
+    (["resume", "{tmp}"], "is not a tuner run"),
+])
+def test_bad_search_input_is_one_line_and_exit_code_2(setup, tmp_path, argv, fragment):
+    argv = [a.format(tmp=tmp_path, space=setup / "space.py") for a in argv]
+    if argv[0] == "search":
+        argv += ["--data", str(setup / "data"), "--storage", str(tmp_path / "runs")]
+    result = subprocess.run(tuner_command(*argv), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "runs").exists()

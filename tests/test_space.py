@@ -1,0 +1,78 @@
+"""Search-space files: loading, the shipped spaces, and one-line errors for broken files (no Ray)."""
+
+import textwrap
+
+import pytest
+
+from tuner.errors import UserError
+from tuner.space import SPACES_DIR, check_space, load_space, resolve_path
+
+
+def write_space(tmp_path, body, name="space.py"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["finetune", "feature_extract", "gradual", "demo"])
+def test_shipped_spaces_load_and_draw_valid_configs(name):
+    space = load_space(name)
+    space.fixed = {k: v for k, v in space.settings.items() if k in ("model", "image_size")}
+    check_space(space)
+    assert space.searched and space.path == SPACES_DIR / f"{name}.py"
+
+
+def test_bare_name_means_the_shipped_file_and_paths_stay_paths(tmp_path):
+    assert resolve_path("finetune") == SPACES_DIR / "finetune.py"
+    assert resolve_path(str(tmp_path / "x.py")) == tmp_path / "x.py"
+
+
+def test_finetune_suggests_stage_rates_only_for_unfrozen_stages():
+    import optuna
+
+    space = load_space("finetune")
+    function = space.define_by_run()
+    for depth in range(5):
+        trial = optuna.trial.FixedTrial({"unfreeze_depth": depth, "lr_head": 1e-3, "aug_strength": 0.3,
+                                         "weight_decay": 1e-4, "label_smoothing": 0.0,
+                                         **{f"lr_layer{i}": 1e-4 for i in range(1, 5)}})
+        function(trial)
+        rates = {k for k in trial.params if k.startswith("lr_layer")}
+        assert rates == {f"lr_layer{4 - i}" for i in range(depth)}
+
+
+def test_fixed_values_win_over_the_file():
+    space = load_space("finetune")
+    space.fixed = {"optimizer": "sgd"}
+    import optuna
+
+    constants = space.define_by_run()(optuna.create_study().ask())
+    assert constants["optimizer"] == "sgd"
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ("def space(trial):\n    return {\n", "space.py:2: syntax error"),
+        ("x = 1\n", "defines no function space(trial)"),
+        ("def space(trial):\n    raise ValueError('boom')\n", "raised ValueError: boom"),
+        ("def space(trial):\n    trial.suggest_float('lr_haed', 1e-4, 1e-2)\n", "unknown hyperparameter 'lr_haed'"),
+        ("def space(trial):\n    return {'unfreeze_depth': 7}\n", "unfreeze_depth must be >= 0 and <= 5"),
+        ("def space(trial):\n    return 3\n", "must return a dict"),
+        ("SETTINGS = {'trails': 3}\ndef space(trial):\n    pass\n", "unknown key 'trails'"),
+        ("START = [{'lr_head': -1.0}]\ndef space(trial):\n    pass\n", "START in"),
+        ("def space(trial):\n    trial.suggest_int('epochs', 1, 5)\n", "--max-epochs"),
+        ("import no_such_module\ndef space(trial):\n    pass\n", "failed to import: ModuleNotFoundError"),
+    ],
+)
+def test_broken_space_files_give_one_line_errors(tmp_path, body, fragment):
+    path = write_space(tmp_path, body)
+    with pytest.raises(UserError) as caught:
+        check_space(load_space(path))
+    message = str(caught.value)
+    assert fragment in message and "\n" not in message, message
+
+
+def test_missing_space_file_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(UserError, match="does not exist; pass a path or one of: demo, feature_extract"):
+        load_space(str(tmp_path / "nope.py"))

@@ -1,0 +1,277 @@
+"""Build and run the search: Ray Tune trials of the trainer, Optuna's TPE through OptunaSearch, ASHA.
+
+`run_search` starts a new search, `resume_search` continues an interrupted one; both end by writing
+the run's tables and `best/` (see results.py). The run's own record, RUN/tuner.json, holds what a
+resume needs: the space file's path (as the user named it), the run settings and the fixed values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from . import data
+from .checkpoint import save_json
+from .config import METRICS, field_names, make_config
+from .errors import UserError
+from .model import build_model, imagenet_cache_path
+from .space import SearchSpace, check_space, load_space
+from .trainable import train_trial
+
+RUN_RECORD = "tuner.json"
+DEMO_DATA_DIR = "demo-data"
+
+
+@dataclass
+class RunSettings:
+    """Everything about a search that is not a hyperparameter; each is a `tuner search` flag."""
+
+    data: str | None = None
+    metric: str = "val_acc"
+    trials: int = 20
+    max_epochs: int = 10
+    grace_period: int = 2  # ASHA: every trial gets at least this many epochs
+    reduction_factor: int = 3  # ASHA: keep the top 1/3 at each rung
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    time_budget: float | None = None  # seconds; no new trials start after it
+    seed: int = 0
+    max_failures: int = 2  # a crashed trial restarts from its last checkpoint this many times
+    demo_data: bool = False
+    storage: str = "runs"
+    name: str | None = None
+    address: str | None = None
+    workers: int | None = None
+    skip_bad_images: bool = False
+
+    @property
+    def mode(self) -> str:
+        return METRICS[self.metric]
+
+    def check(self) -> None:
+        if self.metric not in METRICS:
+            raise UserError(f"metric {self.metric!r} is not allowed; choose one of {', '.join(METRICS)}")
+        for name in ("trials", "max_epochs", "grace_period", "max_concurrent"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, but got {getattr(self, name)}")
+        if self.grace_period > self.max_epochs:
+            raise UserError(f"grace_period ({self.grace_period}) must be <= max_epochs ({self.max_epochs})")
+        if self.reduction_factor < 2:
+            raise UserError(f"reduction_factor must be >= 2, but got {self.reduction_factor}")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            raise UserError(f"cpus_per_trial must be > 0 and gpus_per_trial >= 0, but got "
+                            f"{self.cpus_per_trial} and {self.gpus_per_trial}")
+        if self.max_failures < 0:
+            raise UserError(f"max_failures must be >= 0, but got {self.max_failures}")
+
+
+def settings_for(space: SearchSpace, flags: dict[str, Any]) -> RunSettings:
+    """Defaults, then the space file's SETTINGS, then the flags given on the command line."""
+    names = {f.name for f in fields(RunSettings)}
+    chosen = {k: v for k, v in space.settings.items() if k in names}
+    chosen.update({k: v for k, v in flags.items() if v is not None})
+    settings = RunSettings(**chosen)
+    settings.check()
+    return settings
+
+
+def hyperparameter_settings(space: SearchSpace) -> dict[str, Any]:
+    """Hyperparameters a space file fixes through SETTINGS (model, image_size, weights, ...)."""
+    return {k: v for k, v in space.settings.items() if k in field_names()}
+
+
+def resolve_auto_weights(fixed: dict[str, Any], space: SearchSpace, settings: RunSettings) -> str | None:
+    """Replace weights "auto" by "imagenet" when those weights can be had, else by "none"; say which."""
+    if fixed.get("weights") != "auto":
+        return None
+    if not settings.demo_data:
+        raise UserError(f"weights=auto is only for the built-in demo data (space {space.name!r}); "
+                        f"use weights=imagenet, none or a path")
+    model = fixed.get("model", make_config().model)
+    weights, cache_file = imagenet_cache_path(model)
+    try:  # the real load path: torchvision's cache, else a download
+        build_model(make_config({"model": model, "weights": "imagenet"}), num_classes=2)
+        fixed["weights"] = "imagenet"
+        return f"weights auto -> imagenet ({weights}, {cache_file})"
+    except UserError:
+        fixed["weights"] = "none"
+        return (f"weights auto -> none: ImageNet weights for {model} are not cached at {cache_file} and could "
+                f"not be downloaded; trials start from random initialisation")
+
+
+def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
+    """Load and check everything a search needs before Ray starts; returns (space, settings, splits)."""
+    space = load_space(space_arg)
+    settings = settings_for(space, flags)
+    space.fixed = {**hyperparameter_settings(space), **overrides}
+    note = resolve_auto_weights(space.fixed, space, settings)
+    if note:
+        print(note)
+    check_space(space)
+    if settings.data is None:
+        if not settings.demo_data:
+            raise UserError(f"no --data given and space {space.name!r} sets no data; pass --data DIR")
+        from .demo_data import write_demo_data
+        write_demo_data(DEMO_DATA_DIR)
+        settings.data = DEMO_DATA_DIR
+    settings.data = str(Path(settings.data).expanduser().resolve())  # trials run in other folders
+    base = make_config(space.fixed)
+    splits = data.load_splits(settings.data, val_fraction=base.val_fraction, seed=base.seed,
+                              skip_bad_images=settings.skip_bad_images)
+    if base.weights != "none":
+        build_model(base, num_classes=len(splits.classes))  # missing ImageNet file or bad path: stop now
+    return space, settings, splits
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    # Ray's own progress tables are replaced by ProgressPrinter; the legacy engine at verbose=0 is silent.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Save the search state every 2 s (Ray's default adapts to ~10 s+): a killed driver loses less.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    if ray.is_initialized():
+        return
+    kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # A local Ray listens on localhost only; no dashboard.
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def _check_resources(settings: RunSettings) -> None:
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if settings.gpus_per_trial > 0 and gpus < settings.gpus_per_trial:
+        raise UserError(f"--gpus-per-trial {settings.gpus_per_trial} asked for, but the Ray cluster has {gpus:g} "
+                        f"GPUs; use --gpus-per-trial 0 or a cluster with GPUs")
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if settings.cpus_per_trial > cpus:
+        raise UserError(f"--cpus-per-trial {settings.cpus_per_trial} is more than the cluster's {cpus:g} CPUs; "
+                        f"lower it")
+
+
+def _trainable(settings: RunSettings, splits: data.ImageSplits):
+    from ray import tune
+
+    trainable = tune.with_parameters(train_trial, splits=splits, max_epochs=settings.max_epochs,
+                                     workers=settings.workers)
+    return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+
+
+def _run_config(settings: RunSettings, storage: Path, name: str, printer):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=str(storage),
+        # Keep the best epoch by the metric; Ray also always keeps the latest, which resume needs.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=settings.metric,
+                                                checkpoint_score_order=settings.mode),
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        callbacks=[printer],
+        verbose=0,
+    )
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]) -> Path:
+    """Run a new search; returns the run folder (STORAGE/NAME)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+    import optuna
+
+    from .progress import ProgressPrinter
+    from .results import export_results
+
+    space, settings, splits = prepare(space_arg, flags, overrides)
+    name = settings.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = Path(settings.storage).expanduser().resolve()
+    run_dir = storage / name
+    if run_dir.exists():
+        raise UserError(f"run folder {str(run_dir)!r} already exists; continue it with `tuner resume {run_dir}` "
+                        f"or pick another --name")
+    _init_ray(settings.address)
+    _check_resources(settings)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(
+        space=space.define_by_run(),
+        metric=settings.metric,
+        mode=settings.mode,
+        points_to_evaluate=[{**point, **space.fixed} for point in space.start] or None,
+        # constant_liar: running trials count as bad guesses, so parallel trials don't all pick one spot.
+        sampler=optuna.samplers.TPESampler(seed=settings.seed, constant_liar=True,
+                                           n_startup_trials=max(2, min(10, settings.trials // 3))),
+    )
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs,
+                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+    run_dir.mkdir(parents=True)
+    save_json({"space": str(space.path), "settings": asdict(settings), "fixed": space.fixed,
+               "searched": space.searched, "data": str(Path(settings.data).resolve())}, run_dir / RUN_RECORD)
+    printer = ProgressPrinter(settings.metric, settings.mode, settings.max_epochs, settings.trials)
+    print(f"search {name}: {settings.trials} trials of {space.name} on {settings.data}, "
+          f"up to {settings.max_epochs} epochs each (ASHA grace {settings.grace_period}, "
+          f"reduction {settings.reduction_factor}), {settings.max_concurrent} at a time")
+    tuner = tune.Tuner(
+        _trainable(settings, splits),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent),
+            scheduler=scheduler,
+            num_samples=settings.trials,
+            time_budget_s=settings.time_budget,
+            metric=settings.metric,
+            mode=settings.mode,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=_run_config(settings, storage, name, printer),
+    )
+    grid = tuner.fit()
+    export_results(grid, run_dir, settings, space.searched, splits)
+    return run_dir
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    record = run_dir / RUN_RECORD
+    if not record.is_file():
+        raise UserError(f"{str(run_dir)!r} is not a tuner run (no {RUN_RECORD}); pass a folder made by tuner search")
+    return json.loads(record.read_text())
+
+
+def resume_search(run_dir: str | Path) -> Path:
+    """Continue an interrupted search: unfinished trials from their checkpoints, errored ones restarted."""
+    from ray import tune
+
+    from .progress import ProgressPrinter
+    from .results import export_results
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    record = read_run_record(run_dir)
+    settings = RunSettings(**record["settings"])
+    space = load_space(record["space"])  # the file the user named when starting, never a copy
+    base = make_config(record["fixed"])
+    splits = data.load_splits(record["data"], val_fraction=base.val_fraction, seed=base.seed,
+                              skip_bad_images=settings.skip_bad_images)
+    if not tune.Tuner.can_restore(str(run_dir)):
+        raise UserError(f"{str(run_dir)!r} holds no Ray Tune state to resume from (it was stopped before the "
+                        f"first trial started); start a new search")
+    _init_ray(settings.address)
+    _check_resources(settings)
+    print(f"resuming {run_dir.name} ({space.name}, {settings.trials} trials)")
+    tuner = tune.Tuner.restore(str(run_dir), trainable=_trainable(settings, splits),
+                               resume_unfinished=True, restart_errored=True)
+    grid = tuner.fit()
+    export_results(grid, run_dir, settings, record["searched"], splits)
+    return run_dir

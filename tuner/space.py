@@ -1,0 +1,168 @@
+"""Search-space files: load one with importlib and check it before any trial runs.
+
+A space file is a Python module with `def space(trial)`, an Optuna define-by-run function that
+suggests trainer hyperparameters (by their TrainConfig names) and returns a dict of constants or None.
+Optional module-level names: `SETTINGS = {...}` (run defaults that flags override) and
+`START = [{...}, ...]` (configurations to try first, e.g. the seed tutorial's recipe).
+A space file is Python and runs with the user's rights: load only files you trust.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from .config import field_names, make_config, unknown_key_message
+from .errors import UserError
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# Run settings a space file may default in SETTINGS; each is also a `tuner search` flag.
+SETTING_NAMES = (
+    "data", "metric", "trials", "max_epochs", "grace_period", "reduction_factor", "max_concurrent",
+    "cpus_per_trial", "gpus_per_trial", "time_budget", "seed", "max_failures", "demo_data",
+)
+# How many random draws of the space are checked before the search starts.
+_VALIDATION_DRAWS = 8
+
+
+@dataclass
+class SearchSpace:
+    """A loaded, checked space file."""
+
+    name: str
+    path: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    start: list[dict[str, Any]] = field(default_factory=list)
+    # Hyperparameters fixed for every trial that the space file itself does not set (from SETTINGS).
+    fixed: dict[str, Any] = field(default_factory=dict)
+    searched: list[str] = field(default_factory=list)
+
+    def define_by_run(self) -> DefineByRun:
+        """What OptunaSearch calls for every trial: the file's space(trial) plus the fixed values."""
+        return DefineByRun(self.path, self.fixed)
+
+
+class DefineByRun:
+    """The space file's `space(trial)` plus fixed values, picklable by path.
+
+    Ray pickles the searcher for `tuner resume`; pickling the path instead of the function means the
+    file is loaded again from where the user named it, never from a copy in the run folder.
+    """
+
+    def __init__(self, path: Path, fixed: dict[str, Any]):
+        self.path, self.fixed = Path(path), dict(fixed)
+        self._function: Callable | None = None
+
+    def __getstate__(self):
+        return {"path": self.path, "fixed": self.fixed}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], state["fixed"])
+
+    def __call__(self, trial) -> dict[str, Any]:
+        if self._function is None:
+            self._function = _import(self.path).space
+        constants = self._function(trial)
+        if constants is not None and not isinstance(constants, dict):
+            raise UserError(f"space(trial) in {str(self.path)!r} must return a dict of constants or None, "
+                            f"not {type(constants).__name__}")
+        return {**(constants or {}), **self.fixed}  # `--set` wins over the file
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """`finetune` -> search_spaces/finetune.py; anything with a slash or .py is a path."""
+    if "/" in name_or_path or name_or_path.endswith(".py"):
+        return Path(name_or_path).expanduser()
+    return SPACES_DIR / f"{name_or_path}.py"
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """Import a space file and check its names; every problem is a one-line UserError."""
+    path = resolve_path(name_or_path)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.py"))) if SPACES_DIR.is_dir() else ""
+        raise UserError(f"space file {str(path)!r} does not exist; pass a path or one of: {known}")
+    module = _import(path)
+    if not callable(getattr(module, "space", None)):
+        raise UserError(f"space file {str(path)!r} defines no function space(trial); add one (see search_spaces/)")
+    return SearchSpace(name=path.stem, path=path.resolve(), settings=_checked_settings(module, path),
+                       start=_checked_start(module, path))
+
+
+def check_space(space: SearchSpace) -> None:
+    """Draw the space a few times with its fixed values; every draw must make a valid TrainConfig."""
+    for name in space.fixed:
+        if name not in field_names():
+            raise UserError(unknown_key_message(name))
+    space.searched = _check_draws(space.define_by_run(), space.path)
+    if "epochs" in space.searched or "epochs" in space.fixed:
+        raise UserError(f"{str(space.path)!r} sets epochs; a search sets it with --max-epochs (or max_epochs "
+                        f"in SETTINGS) and ASHA decides how many each trial runs")
+
+
+def _import(path: Path):
+    module_name = f"tuner_space_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise UserError(f"space file {err.filename}:{err.lineno}: syntax error: {err.msg}; fix the file") from None
+    except Exception as err:
+        raise UserError(f"space file {str(path)!r} failed to import: {type(err).__name__}: {err}") from None
+    sys.modules[module_name] = module
+    return module
+
+
+def _checked_settings(module, path: Path) -> dict[str, Any]:
+    settings = getattr(module, "SETTINGS", {})
+    if not isinstance(settings, dict):
+        raise UserError(f"SETTINGS in {str(path)!r} must be a dict, but is {type(settings).__name__}")
+    for name in settings:
+        if name not in SETTING_NAMES and name not in field_names():
+            raise UserError(f"SETTINGS in {str(path)!r} has unknown key {name!r}; allowed: run settings "
+                            f"{', '.join(SETTING_NAMES)} or any hyperparameter")
+    return dict(settings)
+
+
+def _checked_start(module, path: Path) -> list[dict[str, Any]]:
+    start = getattr(module, "START", [])
+    if not isinstance(start, list) or not all(isinstance(point, dict) for point in start):
+        raise UserError(f"START in {str(path)!r} must be a list of dicts of hyperparameters")
+    for point in start:
+        try:
+            make_config(point)
+        except UserError as err:
+            raise UserError(f"START in {str(path)!r}: {err}") from None
+    return [dict(point) for point in start]
+
+
+def _check_draws(function: DefineByRun, path: Path) -> list[str]:
+    """Run `space` on a few random Optuna trials; every draw must make a valid TrainConfig."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    searched: list[str] = []
+    for _ in range(_VALIDATION_DRAWS):
+        trial = study.ask()
+        try:
+            constants = function(trial)
+        except UserError:
+            raise
+        except Exception as err:
+            raise UserError(f"space(trial) in {str(path)!r} raised {type(err).__name__}: {err}") from None
+        for name in trial.params:
+            if name not in field_names():
+                raise UserError(f"space(trial) in {str(path)!r} suggests {unknown_key_message(name)}")
+            if name not in searched:
+                searched.append(name)
+        try:
+            make_config({**trial.params, **constants})  # as OptunaSearch merges them
+        except UserError as err:
+            raise UserError(f"space(trial) in {str(path)!r} gives an invalid configuration: {err}") from None
+        study.tell(trial, 0.0)
+    return searched

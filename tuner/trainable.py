@@ -1,0 +1,48 @@
+"""The Ray Tune trial function: a thin wrapper that runs the Trainer and reports every epoch.
+
+Data and run settings are bound with `tune.with_parameters`, never put in the hyperparameter dict.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from . import data
+from .checkpoint import save_torch
+from .config import make_config
+from .engine import Trainer
+
+TRAINER_STATE = "trainer.pt"
+
+
+def train_trial(config: dict[str, Any], *, splits: data.ImageSplits, max_epochs: int,
+                workers: int | None = None) -> None:
+    """Train one configuration for up to `max_epochs`, one `tune.report` (metrics + checkpoint) per epoch.
+
+    Resumes from `tune.get_checkpoint()` when Ray restarts the trial (a crash, a lost node, `tuner resume`).
+    """
+    hyperparameters = make_config({**config, "epochs": max_epochs})
+    trainer = Trainer(hyperparameters, splits, num_workers=workers)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state_dict(torch.load(Path(folder) / TRAINER_STATE, weights_only=True))
+    node = socket.gethostname()
+    while trainer.epoch < hyperparameters.epochs:
+        metrics = trainer.run_epoch()
+        with tempfile.TemporaryDirectory() as folder:
+            # Lean: no copy of the best weights; Ray keeps the best-scoring checkpoint by the metric.
+            save_torch(trainer.state_dict(include_best=False), Path(folder) / TRAINER_STATE)
+            tune.report({**metrics, "node": node}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def load_trainer_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:
+    """The trainer state saved in one trial checkpoint (loaded with weights_only=True)."""
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / TRAINER_STATE, map_location="cpu", weights_only=True)
