@@ -60,24 +60,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# (flag, type, RunSettings default shown in --help, help); None as default = from the space's SETTINGS.
+# Search flags with their help; each maps to the RunSettings field of the same name.
 _SEARCH_FLAGS = (
-    ("--data", str, None, "image folder or the space's demo data"),
-    ("--metric", str, "val_acc", "val_acc (maximised) or val_loss (minimised)"),
-    ("--trials", int, 20, "trials to run"),
-    ("--max-epochs", int, 10, "epochs of a trial that ASHA never stops"),
-    ("--grace-period", int, 2, "ASHA: epochs every trial gets"),
-    ("--reduction-factor", int, 3, "ASHA: keep the top 1/N at each rung"),
-    ("--max-concurrent", int, 2, "trials running at once"),
-    ("--cpus-per-trial", float, 1.0, "CPUs each trial reserves"),
-    ("--gpus-per-trial", float, 0.0, "GPUs each trial reserves (0.5 packs two trials on a GPU)"),
-    ("--time-budget", float, None, "seconds after which no new trial starts (default: none)"),
-    ("--seed", int, 0, "seed of the Optuna sampler"),
-    ("--max-failures", int, 2, "restarts of a crashed trial from its last checkpoint"),
-    ("--storage", str, "runs", "where run folders go (STORAGE/NAME)"),
-    ("--name", str, None, "run name (default: SPACE-YYYYmmdd-HHMMSS)"),
-    ("--address", str, None, "join this Ray cluster (default: start a local Ray)"),
+    ("--data", str, "image folder (default: the space's demo data, if it has some)"),
+    ("--metric", str, "val_acc (maximised) or val_loss (minimised)"),
+    ("--trials", int, "trials to run"),
+    ("--max-epochs", int, "epochs of a trial that ASHA never stops"),
+    ("--grace-period", int, "ASHA: epochs every trial gets"),
+    ("--reduction-factor", int, "ASHA: keep the top 1/N at each rung"),
+    ("--max-concurrent", int, "trials running at once"),
+    ("--cpus-per-trial", float, "CPUs each trial reserves"),
+    ("--gpus-per-trial", float, "GPUs each trial reserves (0.5 packs two trials on a GPU)"),
+    ("--time-budget", float, "seconds after which no new trial starts (default: none)"),
+    ("--seed", int, "seed of the Optuna sampler"),
+    ("--max-failures", int, "restarts of a crashed trial from its last checkpoint"),
+    ("--storage", str, "where run folders go (STORAGE/NAME)"),
+    ("--name", str, "run name (default: SPACE-YYYYmmdd-HHMMSS)"),
+    ("--address", str, "join this Ray cluster (default: start a local Ray)"),
 )
+
+
+def _setting_name(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
 def _add_search_parser(commands) -> None:
@@ -87,8 +91,11 @@ def _add_search_parser(commands) -> None:
                     "default shown.")
     search.add_argument("--space", required=True, help="search-space file, or a name in search_spaces/ (finetune, "
                                                        "feature_extract, gradual, demo)")
-    for flag, kind, default, text in _SEARCH_FLAGS:
-        shown = f" (default: {default})" if default is not None and "default:" not in text else ""
+    from .settings import RunSettings
+
+    defaults = RunSettings()
+    for flag, kind, text in _SEARCH_FLAGS:
+        shown = "" if "default:" in text else f" (default: {getattr(defaults, _setting_name(flag))})"
         search.add_argument(flag, type=kind, default=None, help=text + shown)
     search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="fix a hyperparameter for every trial, e.g. --set model=resnet18 (repeatable)")
@@ -189,8 +196,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .config import parse_assignments
     from .search import run_search
 
-    flags = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
-             for flag, *_ in _SEARCH_FLAGS}
+    flags = {_setting_name(flag): getattr(args, _setting_name(flag)) for flag, *_ in _SEARCH_FLAGS}
     flags.update(workers=args.workers, skip_bad_images=args.skip_bad_images or None)
     run_search(args.space, flags, parse_assignments(args.set))
     return 0

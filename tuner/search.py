@@ -11,64 +11,21 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from . import data
 from .checkpoint import save_json
-from .config import METRICS, field_names, make_config
+from .config import field_names, make_config
 from .errors import UserError
 from .model import build_model, imagenet_cache_path
+from .settings import RunSettings
 from .space import SearchSpace, check_space, load_space
 from .trainable import train_trial
 
 RUN_RECORD = "tuner.json"
 DEMO_DATA_DIR = "demo-data"
-
-
-@dataclass
-class RunSettings:
-    """Everything about a search that is not a hyperparameter; each is a `tuner search` flag."""
-
-    data: str | None = None
-    metric: str = "val_acc"
-    trials: int = 20
-    max_epochs: int = 10
-    grace_period: int = 2  # ASHA: every trial gets at least this many epochs
-    reduction_factor: int = 3  # ASHA: keep the top 1/3 at each rung
-    max_concurrent: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    time_budget: float | None = None  # seconds; no new trials start after it
-    seed: int = 0
-    max_failures: int = 2  # a crashed trial restarts from its last checkpoint this many times
-    demo_data: bool = False
-    storage: str = "runs"
-    name: str | None = None
-    address: str | None = None
-    workers: int | None = None
-    skip_bad_images: bool = False
-
-    @property
-    def mode(self) -> str:
-        return METRICS[self.metric]
-
-    def check(self) -> None:
-        if self.metric not in METRICS:
-            raise UserError(f"metric {self.metric!r} is not allowed; choose one of {', '.join(METRICS)}")
-        for name in ("trials", "max_epochs", "grace_period", "max_concurrent"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, but got {getattr(self, name)}")
-        if self.grace_period > self.max_epochs:
-            raise UserError(f"grace_period ({self.grace_period}) must be <= max_epochs ({self.max_epochs})")
-        if self.reduction_factor < 2:
-            raise UserError(f"reduction_factor must be >= 2, but got {self.reduction_factor}")
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            raise UserError(f"cpus_per_trial must be > 0 and gpus_per_trial >= 0, but got "
-                            f"{self.cpus_per_trial} and {self.gpus_per_trial}")
-        if self.max_failures < 0:
-            raise UserError(f"max_failures must be >= 0, but got {self.max_failures}")
 
 
 def settings_for(space: SearchSpace, flags: dict[str, Any]) -> RunSettings:
@@ -113,6 +70,7 @@ def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
     note = resolve_auto_weights(space.fixed, space, settings)
     if note:
         print(note)
+        space.settings["weights_choice"] = note  # recorded in RUN/tuner.json
     check_space(space)
     if settings.data is None:
         if not settings.demo_data:
@@ -220,7 +178,8 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
     run_dir.mkdir(parents=True)
     save_json({"space": str(space.path), "settings": asdict(settings), "fixed": space.fixed,
-               "searched": space.searched, "data": str(Path(settings.data).resolve())}, run_dir / RUN_RECORD)
+               "searched": space.searched, "data": settings.data,
+               "weights_choice": space.settings.get("weights_choice")}, run_dir / RUN_RECORD)
     printer = ProgressPrinter(settings.metric, settings.mode, settings.max_epochs, settings.trials)
     print(f"search {name}: {settings.trials} trials of {space.name} on {settings.data}, "
           f"up to {settings.max_epochs} epochs each (ASHA grace {settings.grace_period}, "

@@ -1,0 +1,52 @@
+"""Run settings of a search: everything about it that is not a hyperparameter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import METRICS
+from .errors import UserError
+
+
+@dataclass
+class RunSettings:
+    """Everything about a search that is not a hyperparameter; each is a `tuner search` flag."""
+
+    data: str | None = None
+    metric: str = "val_acc"
+    trials: int = 20
+    max_epochs: int = 10
+    grace_period: int = 2  # ASHA: every trial gets at least this many epochs
+    reduction_factor: int = 3  # ASHA: keep the top 1/3 at each rung
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    time_budget: float | None = None  # seconds; no new trials start after it
+    seed: int = 0
+    max_failures: int = 2  # a crashed trial restarts from its last checkpoint this many times
+    demo_data: bool = False
+    storage: str = "runs"
+    name: str | None = None
+    address: str | None = None
+    workers: int | None = None
+    skip_bad_images: bool = False
+
+    @property
+    def mode(self) -> str:
+        return METRICS[self.metric]
+
+    def check(self) -> None:
+        if self.metric not in METRICS:
+            raise UserError(f"metric {self.metric!r} is not allowed; choose one of {', '.join(METRICS)}")
+        for name in ("trials", "max_epochs", "grace_period", "max_concurrent"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, but got {getattr(self, name)}")
+        if self.grace_period > self.max_epochs:
+            raise UserError(f"grace_period ({self.grace_period}) must be <= max_epochs ({self.max_epochs})")
+        if self.reduction_factor < 2:
+            raise UserError(f"reduction_factor must be >= 2, but got {self.reduction_factor}")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            raise UserError(f"cpus_per_trial must be > 0 and gpus_per_trial >= 0, but got "
+                            f"{self.cpus_per_trial} and {self.gpus_per_trial}")
+        if self.max_failures < 0:
+            raise UserError(f"max_failures must be >= 0, but got {self.max_failures}")
