@@ -97,6 +97,8 @@ def _add_search_parser(commands) -> None:
     for flag, kind, text in _SEARCH_FLAGS:
         shown = "" if "default:" in text else f" (default: {getattr(defaults, _setting_name(flag))})"
         search.add_argument(flag, type=kind, default=None, help=text + shown)
+    search.add_argument("--no-early-stopping", dest="early_stopping", action="store_false", default=None,
+                        help="run every trial to --max-epochs (no ASHA); a baseline for what ASHA saves")
     search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="fix a hyperparameter for every trial, e.g. --set model=resnet18 (repeatable)")
     _add_runtime_options(search, device=False)
@@ -197,7 +199,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search import run_search
 
     flags = {_setting_name(flag): getattr(args, _setting_name(flag)) for flag, *_ in _SEARCH_FLAGS}
-    flags.update(workers=args.workers, skip_bad_images=args.skip_bad_images or None)
+    flags.update(workers=args.workers, skip_bad_images=args.skip_bad_images or None,
+                 early_stopping=args.early_stopping)
     run_search(args.space, flags, parse_assignments(args.set))
     return 0
 
@@ -241,7 +244,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "search": cmd_search, "resume": cmd_resume, "predict": cmd_predict, "check-data": cmd_check_data, "demo-data": cmd_demo_data}
+COMMANDS = {"search": cmd_search, "resume": cmd_resume, "train": cmd_train, "predict": cmd_predict,
+            "check-data": cmd_check_data, "demo-data": cmd_demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:

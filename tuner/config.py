@@ -125,6 +125,13 @@ _RANGES = {
 _RANGES.update({f"lr_{stage}": (0.0, None, False, True) for stage in STAGES})
 
 
+def is_better(mode: str, value: float | None, best: float | None) -> bool:
+    """Whether `value` beats `best` for a metric with `mode` "max" or "min"; None and NaN never win."""
+    if value is None or value != value:
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
 def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 

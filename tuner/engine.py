@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import data
 from .checkpoint import save_text, save_torch, write_best
-from .config import METRICS, TrainConfig
+from .config import METRICS, TrainConfig, is_better
 from .errors import UserError
 from .model import (
     CHECKPOINT_FORMAT,
@@ -94,12 +94,6 @@ def lr_factor(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
     if config.schedule == "step":
         return config.gamma ** (epoch // config.step_size)
     return 1.0
-
-
-def is_better(metric: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return value > best if METRICS[metric] == "max" else value < best
 
 
 class Trainer:
@@ -253,7 +247,7 @@ class Trainer:
         self.epoch += 1
         metric = self.config.metric
         best_value = self.best_metrics[metric] if self.best_metrics else None
-        metrics["improved"] = is_better(metric, metrics[metric], best_value)
+        metrics["improved"] = is_better(METRICS[metric], metrics[metric], best_value)
         if metrics["improved"]:
             self.best_metrics = {k: v for k, v in metrics.items() if k != "improved"}
             self.best_state = copy.deepcopy(self.model.state_dict())

@@ -7,6 +7,8 @@ import time
 
 from ray import tune
 
+from .config import is_better
+
 
 class ProgressPrinter(tune.Callback):
     """Prints `trial N epoch E: val_acc x (trial best y, search best z) | running, stopped early, done`."""
@@ -21,9 +23,6 @@ class ProgressPrinter(tune.Callback):
 
     def __getstate__(self):  # Ray pickles callbacks with the run; a stream cannot travel
         return {k: v for k, v in self.__dict__.items() if k != "stream"} | {"stream": None}
-
-    def _better(self, value: float, than: float | None) -> bool:
-        return than is None or (value > than if self.mode == "max" else value < than)
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
@@ -46,9 +45,9 @@ class ProgressPrinter(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         number = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
         value = result[self.metric]
-        if self._better(value, self.trial_best.get(trial.trial_id)):
+        if is_better(self.mode, value, self.trial_best.get(trial.trial_id)):
             self.trial_best[trial.trial_id] = value
-        if self._better(value, self.best):
+        if is_better(self.mode, value, self.best):
             self.best = value
         minutes = (time.monotonic() - self.started) / 60
         self._print(f"[{minutes:5.1f} min] trial {number:>3} epoch {result['training_iteration']:>3}: "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import pyarrow.parquet as pq
 
 from . import data
 from .checkpoint import write_best
-from .config import METRICS, field_names, make_config
+from .config import METRICS, field_names, is_better, make_config
 from .engine import Trainer
 from .model import CHECKPOINT_FORMAT
 from .trainable import load_trainer_state
@@ -19,12 +18,6 @@ from .trainable import load_trainer_state
 # Ray's bookkeeping columns that say nothing about the model; left out of epochs.parquet.
 _RAY_COLUMNS = {"done", "should_checkpoint", "date", "timestamp", "time_this_iter_s", "pid", "hostname",
                 "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "config"}
-
-
-def _better(mode: str, value: float, than: float | None) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    return than is None or (value > than if mode == "max" else value < than)
 
 
 def trial_status(result, max_epochs: int) -> str:
@@ -44,7 +37,7 @@ def trial_rows(grid, settings, searched: list[str]) -> list[dict[str, Any]]:
         history = frame.to_dict("records") if frame is not None else []
         best = None
         for epoch in history:
-            if _better(mode, epoch.get(settings.metric), best and best[settings.metric]):
+            if is_better(mode, epoch.get(settings.metric), best and best[settings.metric]):
                 best = epoch
         metrics = result.metrics or {}
         row = {

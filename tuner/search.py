@@ -63,14 +63,16 @@ def resolve_auto_weights(fixed: dict[str, Any], space: SearchSpace, settings: Ru
 
 
 def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
-    """Load and check everything a search needs before Ray starts; returns (space, settings, splits)."""
+    """Load and check everything a search needs before Ray starts.
+
+    Returns (space, settings, splits, weights_choice), the last saying what `weights: auto` became.
+    """
     space = load_space(space_arg)
     settings = settings_for(space, flags)
     space.fixed = {**hyperparameter_settings(space), **overrides}
-    note = resolve_auto_weights(space.fixed, space, settings)
-    if note:
-        print(note)
-        space.settings["weights_choice"] = note  # recorded in RUN/tuner.json
+    weights_choice = resolve_auto_weights(space.fixed, space, settings)
+    if weights_choice:
+        print(weights_choice)
     check_space(space)
     if settings.data is None:
         if not settings.demo_data:
@@ -84,7 +86,7 @@ def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
                               skip_bad_images=settings.skip_bad_images)
     if base.weights != "none":
         build_model(base, num_classes=len(splits.classes))  # missing ImageNet file or bad path: stop now
-    return space, settings, splits
+    return space, settings, splits, weights_choice
 
 
 def _init_ray(address: str | None) -> None:
@@ -121,7 +123,7 @@ def _trainable(settings: RunSettings, splits: data.ImageSplits):
     from ray import tune
 
     trainable = tune.with_parameters(train_trial, splits=splits, max_epochs=settings.max_epochs,
-                                     workers=settings.workers)
+                                     cpus=settings.cpus_per_trial, workers=settings.workers)
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
 
@@ -147,7 +149,7 @@ def _trial_dirname(trial) -> str:
 def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]) -> Path:
     """Run a new search; returns the run folder (STORAGE/NAME)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
     import optuna
@@ -155,7 +157,7 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
     from .progress import ProgressPrinter
     from .results import export_results
 
-    space, settings, splits = prepare(space_arg, flags, overrides)
+    space, settings, splits, weights_choice = prepare(space_arg, flags, overrides)
     name = settings.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = Path(settings.storage).expanduser().resolve()
     run_dir = storage / name
@@ -174,16 +176,18 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
         sampler=optuna.samplers.TPESampler(seed=settings.seed, constant_liar=True,
                                            n_startup_trials=max(2, min(10, settings.trials // 3))),
     )
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs,
-                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs,
+                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+                 if settings.early_stopping else FIFOScheduler())
     run_dir.mkdir(parents=True)
     save_json({"space": str(space.path), "settings": asdict(settings), "fixed": space.fixed,
                "searched": space.searched, "data": settings.data,
-               "weights_choice": space.settings.get("weights_choice")}, run_dir / RUN_RECORD)
+               "weights_choice": weights_choice}, run_dir / RUN_RECORD)
     printer = ProgressPrinter(settings.metric, settings.mode, settings.max_epochs, settings.trials)
+    stopping = (f"ASHA grace {settings.grace_period}, reduction {settings.reduction_factor}"
+                if settings.early_stopping else "no early stopping")
     print(f"search {name}: {settings.trials} trials of {space.name} on {settings.data}, "
-          f"up to {settings.max_epochs} epochs each (ASHA grace {settings.grace_period}, "
-          f"reduction {settings.reduction_factor}), {settings.max_concurrent} at a time")
+          f"up to {settings.max_epochs} epochs each ({stopping}), {settings.max_concurrent} at a time")
     tuner = tune.Tuner(
         _trainable(settings, splits),
         tune_config=tune.TuneConfig(

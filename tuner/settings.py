@@ -23,6 +23,7 @@ class RunSettings:
     gpus_per_trial: float = 0.0
     time_budget: float | None = None  # seconds; no new trials start after it
     seed: int = 0
+    early_stopping: bool = True  # False: no ASHA, every trial runs max_epochs (a baseline for ASHA's savings)
     max_failures: int = 2  # a crashed trial restarts from its last checkpoint this many times
     demo_data: bool = False
     storage: str = "runs"

@@ -22,11 +22,13 @@ TRAINER_STATE = "trainer.pt"
 
 
 def train_trial(config: dict[str, Any], *, splits: data.ImageSplits, max_epochs: int,
-                workers: int | None = None) -> None:
+                cpus: float = 1.0, workers: int | None = None) -> None:
     """Train one configuration for up to `max_epochs`, one `tune.report` (metrics + checkpoint) per epoch.
 
     Resumes from `tune.get_checkpoint()` when Ray restarts the trial (a crash, a lost node, `tuner resume`).
     """
+    # One compute thread per reserved CPU: trials sharing a node must not fight over its cores.
+    torch.set_num_threads(max(1, int(cpus)))
     hyperparameters = make_config({**config, "epochs": max_epochs})
     trainer = Trainer(hyperparameters, splits, num_workers=workers)
     checkpoint = tune.get_checkpoint()

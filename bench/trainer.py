@@ -1,0 +1,359 @@
+"""Training images/s of tuner's Trainer against the seed tutorial's loop, measured side by side.
+
+Both sides train the same thing: torchvision's ResNet-50 (random init, no download), a new head for
+the demo data's 8 classes, layer3 + layer4 + head trained with Adam at head 1e-3 / layer4 1e-4 /
+layer3 5e-5, batch 32, the same training images, the same `--device` and `--workers`.
+
+  seed  the tutorial's loop as written: torchvision.transforms (v1) PIL augmentation, fp32, NCHW,
+        torch.optim.Adam, loss.item() every batch. Like the tutorial it freezes only layer1 and
+        layer2, so the stem (conv1, bn1) still gets gradients that no optimizer group uses
+        (`--freeze-seed-stem` freezes it too, to see how much of the ratio that is).
+  ours  tuner.engine.Trainer.train_one_epoch from make_config({**SEED_RECIPE, weights none}):
+        its own loader (transforms v2, aug_strength 0.5), its default precision (auto: bf16
+        autocast on CPUs with bf16 units, fp32 otherwise) and channels_last.
+
+Images/s counts everything one training batch costs: decoding and augmenting the images, the
+forward and backward pass and the optimizer step. Each side first trains one warm-up batch (not
+counted), then `--batches` batches per round. Rounds alternate seed, ours, seed, ours...; the
+machine may be shared, so read the per-round ratios (ours / seed, > 1 means ours is faster) and
+quote the median ratio of the final table. "cpu share" (seed / ours) is the CPU time this process
+got over wall time x torch threads (with --workers 0): well under 1 means something else was using
+the cores then, and that round's figures are not to be quoted.
+
+`--accuracy-epochs N` also trains each side for N full epochs at 64 px and prints the validation
+accuracy after every epoch, side by side (the speed-up must not cost accuracy).
+
+Run from the repository root:  python bench/trainer.py [--help]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+try:
+    import tuner  # noqa: F401
+except ImportError:  # not installed: run from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tuner import data
+from tuner.config import SEED_RECIPE, make_config
+from tuner.demo_data import write_demo_data
+from tuner.engine import Trainer, autocast_dtype, resolve_device
+from tuner.errors import UserError
+
+BATCH_SIZE = 32  # the seed's batch size
+IMAGENET_MEAN = [0.485, 0.456, 0.406]  # the tutorial's Normalize
+IMAGENET_STD = [0.229, 0.224, 0.225]
+ACCURACY_SIZE = 64  # image size of the accuracy check: keeps N epochs of both sides to minutes on a CPU
+
+
+# --- the seed tutorial's loop ------------------------------------------------------------------
+
+
+def seed_train_transform(size: int):
+    """The tutorial's training augmentation, with its 224 replaced by `size`."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(size),
+        transforms.RandomHorizontalFlip(),
+        transforms.RandomRotation(15),
+        transforms.ColorJitter(brightness=0.2, contrast=0.2),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def seed_eval_transform(size: int):
+    """The tutorial's Resize(256) + CenterCrop(224), scaled to `size`."""
+    return transforms.Compose([
+        transforms.Resize(round(size * 256 / 224)),
+        transforms.CenterCrop(size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+class SeedDataset(Dataset):
+    """What the tutorial's ImageFolder does, over a (path, label) list: PIL RGB image, transform."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = list(samples), transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        with open(path, "rb") as handle:  # torchvision's pil_loader
+            image = Image.open(handle).convert("RGB")
+        return self.transform(image), label
+
+
+def seed_loader(samples, transform, workers: int) -> DataLoader:
+    return DataLoader(SeedDataset(samples, transform), batch_size=BATCH_SIZE, shuffle=True, num_workers=workers)
+
+
+def build_seed(num_classes: int, device: torch.device, freeze_stem: bool):
+    """The tutorial's fine-tuning model and optimizer (with weights=None instead of pretrained=True)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    model = model.to(device)
+    optimizer = torch.optim.Adam([
+        {"params": model.layer4.parameters(), "lr": 1e-4},
+        {"params": model.layer3.parameters(), "lr": 5e-5},
+        {"params": model.fc.parameters(), "lr": 1e-3},
+    ])
+    frozen = [model.layer1, model.layer2] + ([model.conv1, model.bn1] if freeze_stem else [])
+    for module in frozen:
+        for param in module.parameters():
+            param.requires_grad = False
+    return model, optimizer
+
+
+def seed_train(model, optimizer, loader, device) -> tuple[float, float]:
+    """The train phase of the tutorial's train_model, for one pass over `loader`: (loss, accuracy)."""
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    running_loss, running_corrects, seen = 0.0, 0, 0
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
+        optimizer.zero_grad()
+        with torch.set_grad_enabled(True):
+            outputs = model(inputs)
+            _, preds = torch.max(outputs, 1)
+            loss = criterion(outputs, labels)
+            loss.backward()
+            optimizer.step()
+        running_loss += loss.item() * inputs.size(0)
+        running_corrects += torch.sum(preds == labels.data)
+        seen += inputs.size(0)
+    return running_loss / seen, (running_corrects.double() / seen).item()
+
+
+@torch.no_grad()
+def seed_val_acc(model, loader, device) -> float:
+    model.eval()
+    correct = seen = 0
+    for inputs, labels in loader:
+        _, preds = torch.max(model(inputs.to(device)), 1)
+        correct += torch.sum(preds == labels.to(device)).item()
+        seen += inputs.size(0)
+    return correct / seen
+
+
+# --- ours --------------------------------------------------------------------------------------
+
+
+def build_ours(splits, size: int, args, epochs: int = 1) -> Trainer:
+    config = make_config({**SEED_RECIPE, "weights": "none", "image_size": size, "batch_size": BATCH_SIZE,
+                          "epochs": epochs})
+    return Trainer(config, splits, device=args.device, num_workers=args.workers)
+
+
+def use_train_samples(trainer: Trainer, samples, workers: int) -> None:
+    """Point the trainer's next epoch at `samples`, with its own transform, shuffling and pinning."""
+    old = trainer.train_loader
+    trainer.train_loader = data.make_loader(
+        samples, old.dataset.transform, batch_size=BATCH_SIZE, shuffle=True, num_workers=workers,
+        generator=trainer.loader_generator, pin_memory=old.pin_memory,
+    )
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+class Timer:
+    """Wall seconds of a block, and the share of torch's threads' cores this process got meanwhile.
+
+    A share well under 1 (with no DataLoader workers) means another process was using the cores.
+    """
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.share = (time.process_time() - self.cpu) / (self.wall * torch.get_num_threads())
+
+
+def time_seed(seed, samples, size: int, args, device) -> Timer:
+    loader = seed_loader(samples, seed_train_transform(size), args.workers)
+    with Timer() as timer:
+        seed_train(*seed, loader, device)
+    return timer
+
+
+def time_ours(trainer: Trainer, samples, args) -> Timer:
+    use_train_samples(trainer, samples, args.workers)
+    with Timer() as timer:
+        trainer.train_one_epoch()
+    return timer
+
+
+def sample_images(train, n: int, seed: int = 0):
+    """`n` training samples in a fixed random order (the list repeats when it is shorter than `n`)."""
+    shuffled = list(train)
+    random.Random(seed).shuffle(shuffled)
+    return (shuffled * (n // len(shuffled) + 1))[:n]
+
+
+def measure_size(splits, size: int, batches: int, args) -> dict:
+    """Per-round images/s of both sides at `size`; prints each round as it finishes."""
+    trainer = build_ours(splits, size, args)
+    seed = build_seed(len(splits.classes), trainer.device, args.freeze_seed_stem)
+    samples = sample_images(splits.train, batches * BATCH_SIZE)
+    warmup = samples[:BATCH_SIZE]
+    time_seed(seed, warmup, size, args, trainer.device)  # first-call costs: allocator, oneDNN primitives
+    time_ours(trainer, warmup, args)
+    seed_rates, our_rates, shares = [], [], []
+    for round_ in range(1, args.rounds + 1):
+        seed_time = time_seed(seed, samples, size, args, trainer.device)
+        our_time = time_ours(trainer, samples, args)
+        seed_rates.append(len(samples) / seed_time.wall)
+        our_rates.append(len(samples) / our_time.wall)
+        shares += [seed_time.share, our_time.share]
+        print(f"  {size:>4} px  round {round_}: seed {seed_rates[-1]:7.1f} img/s   ours {our_rates[-1]:7.1f} img/s"
+              f"   ratio {our_rates[-1] / seed_rates[-1]:.2f}   cpu share {seed_time.share:.2f} / {our_time.share:.2f}",
+              flush=True)
+    return {"size": size, "seed": seed_rates, "ours": our_rates, "min_share": min(shares)}
+
+
+def compare_accuracy(splits, epochs: int, args) -> None:
+    """Validation accuracy of both sides after each of `epochs` full epochs at ACCURACY_SIZE px."""
+    size = ACCURACY_SIZE
+    trainer = build_ours(splits, size, args, epochs=epochs)
+    model, optimizer = build_seed(len(splits.classes), trainer.device, args.freeze_seed_stem)
+    train_loader = seed_loader(splits.train, seed_train_transform(size), args.workers)
+    val_loader = seed_loader(splits.val, seed_eval_transform(size), args.workers)
+    print(f"\nvalidation accuracy, {size} px, weights none, {len(splits.train)} train / {len(splits.val)} val images")
+    print("epoch  seed val_acc  ours val_acc")
+    for epoch in range(1, epochs + 1):
+        seed_train(model, optimizer, train_loader, trainer.device)
+        seed_acc = seed_val_acc(model, val_loader, trainer.device)
+        ours_acc = trainer.run_epoch()["val_acc"]
+        print(f"{epoch:>5}  {seed_acc:>12.3f}  {ours_acc:>12.3f}", flush=True)
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_lines(device: torch.device) -> list[str]:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    lines = [
+        f"cpu: {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), torch threads {torch.get_num_threads()}",
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, python {platform.python_version()}",
+        f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+    ]
+    if hasattr(os, "getloadavg"):
+        lines.append("load average at the start (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
+    return lines
+
+
+def summary_table(results: list[dict]) -> list[str]:
+    rows = ["size  seed img/s  ours img/s  ratio  min cpu share  (medians over rounds; per-round ratios)"]
+    for r in results:
+        ratios = [o / s for s, o in zip(r["seed"], r["ours"])]
+        rows.append(
+            f"{r['size']:<4}  {statistics.median(r['seed']):>10.1f}  {statistics.median(r['ours']):>10.1f}"
+            f"  {statistics.median(ratios):>5.2f}  {r['min_share']:>13.2f}  ({', '.join(f'{x:.2f}' for x in ratios)})"
+        )
+    return rows
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Training images/s of tuner's Trainer vs the seed tutorial's loop (see the module docstring).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
+                        help="image folder to train on (None: the demo data, written to a temporary folder)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="image sizes in px")
+    parser.add_argument("--batches", type=int, nargs="+", default=[12, 3],
+                        help="timed batches of 32 per round, one per size (or one for all sizes)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating seed/ours rounds per size")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader workers, the same for both sides (0: the cores go to the model)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N; the same for both sides")
+    parser.add_argument("--accuracy-epochs", type=int, default=0,
+                        help=f"also train each side N full epochs at {ACCURACY_SIZE} px and compare val accuracy; 0 skips it")
+    parser.add_argument("--freeze-seed-stem", action="store_true",
+                        help="freeze conv1/bn1 in the seed loop too (the tutorial leaves them trainable)")
+    args = parser.parse_args(argv)
+    if len(args.batches) == 1:
+        args.batches *= len(args.sizes)
+    if len(args.batches) != len(args.sizes):
+        parser.error(f"--batches takes one value or one per size, but got {args.batches} for sizes {args.sizes}")
+    if min(args.batches) < 1 or args.rounds < 1:
+        parser.error(f"--batches and --rounds must be >= 1, but got {args.batches} and {args.rounds}")
+    if args.workers < 0 or args.accuracy_epochs < 0:
+        parser.error(f"--workers and --accuracy-epochs must be >= 0, but got {args.workers} and {args.accuracy_epochs}")
+    return args
+
+
+def run(args: argparse.Namespace, data_dir: Path) -> None:
+    splits = data.load_splits(data_dir)
+    device = resolve_device(args.device)
+    amp = autocast_dtype(make_config().precision, device)  # what Trainer picks for the default precision
+    precision = "fp32" if amp is None else f"{str(amp).removeprefix('torch.')} autocast"
+    print("\n".join(machine_lines(device)))
+    print(f"ours: {precision}, channels_last; seed: fp32, NCHW; workers {args.workers}; "
+          f"seed stem {'frozen' if args.freeze_seed_stem else 'trainable (as in the tutorial)'}")
+    print(f"data: {data_dir} ({len(splits.classes)} classes, {len(splits.train)} train images)\n", flush=True)
+    results = []
+    for size, batches in zip(args.sizes, args.batches):
+        print(f"{size} px: {args.rounds} rounds of {batches} batches x {BATCH_SIZE} images per side", flush=True)
+        results.append(measure_size(splits, size, batches, args))
+    print()
+    print("\n".join(summary_table(results)))
+    if hasattr(os, "getloadavg"):
+        print("load average at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
+    if args.accuracy_epochs:
+        compare_accuracy(splits, args.accuracy_epochs, args)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    try:
+        if args.data is not None:
+            run(args, args.data)
+        else:
+            with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
+                write_demo_data(folder)
+                run(args, Path(folder))
+    except UserError as err:
+        sys.exit(f"error: {err}")
+    print(f"\nwall time: {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
