@@ -65,6 +65,18 @@ class ImageSplits:
     # (smallest, largest) (width, height) by area; filled in by verify_images
     image_sizes: tuple[tuple[int, int], tuple[int, int]] | None = None
 
+    def rebased(self, root: Path) -> ImageSplits:
+        """The same splits with every path moved from `self.root` to `root` (another node's copy)."""
+        old, new = str(self.root), str(root)
+        if old == new:
+            return self
+
+        def move(samples):
+            return [(new + path[len(old):], label) for path, label in samples]
+
+        return dataclasses.replace(self, root=Path(root), train=move(self.train), val=move(self.val),
+                                   test=move(self.test))
+
 
 # --- finding files -----------------------------------------------------------------------------
 

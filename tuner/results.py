@@ -115,15 +115,17 @@ def evaluate_payload(payload: dict[str, Any], splits: data.ImageSplits, split: s
     return trainer.evaluate(loader, prefix=split)
 
 
-def export_results(grid, run_dir: Path, settings, searched: list[str], splits: data.ImageSplits) -> None:
+def export_results(grid, run_dir: Path, settings, searched: list[str], splits: data.ImageSplits,
+                   location: str | None = None) -> None:
+    """Write the tables and best/ into `run_dir` (a local folder); `location` is where the user finds them."""
     rows = trial_rows(grid, settings, searched)
     write_table(rows, run_dir / "trials.parquet")
     write_table(epoch_rows(grid), run_dir / "epochs.parquet")
     payload = export_best(grid, run_dir, settings, splits)
-    print_summary(rows, payload, run_dir, settings, searched)
+    print_summary(rows, payload, location or str(run_dir), settings, searched)
 
 
-def print_summary(rows, payload, run_dir: Path, settings, searched: list[str], top: int = 5) -> None:
+def print_summary(rows, payload, location: str, settings, searched: list[str], top: int = 5) -> None:
     metric, reverse = settings.metric, METRICS[settings.metric] == "max"
     done = [r for r in rows if r[metric] is not None]
     done.sort(key=lambda r: r[metric], reverse=reverse)
@@ -141,7 +143,8 @@ def print_summary(rows, payload, run_dir: Path, settings, searched: list[str], t
           f"{payload['metrics'][metric]:.4f}" + (f", test_acc {payload['metrics']['test_acc']:.4f}"
                                                   if "test_acc" in payload["metrics"] else ""))
     print(f"weights: {payload['weights']['name']}")
-    print(f"best model: {run_dir / 'best'}  (tuner predict --model {run_dir / 'best'} IMAGE)")
+    best = f"{location.rstrip('/')}/best"
+    print(f"best model: {best}" + ("" if "://" in location else f"  (tuner predict --model {best} IMAGE)"))
 
 
 def _short(value: Any) -> str:

@@ -22,6 +22,7 @@ from .errors import UserError
 from .model import build_model, imagenet_cache_path
 from .settings import RunSettings
 from .space import SearchSpace, check_space, load_space
+from .storage import exists, is_uri, join, local_data, read_file_text, run_location, staged
 from .trainable import train_trial
 
 RUN_RECORD = "tuner.json"
@@ -80,13 +81,20 @@ def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
         from .demo_data import write_demo_data
         write_demo_data(DEMO_DATA_DIR)
         settings.data = DEMO_DATA_DIR
-    settings.data = str(Path(settings.data).expanduser().resolve())  # trials run in other folders
+    if not is_uri(settings.data):
+        settings.data = str(Path(settings.data).expanduser().resolve())  # trials run in other folders
+    splits = load_run_splits(settings, space.fixed)
     base = make_config(space.fixed)
-    splits = data.load_splits(settings.data, val_fraction=base.val_fraction, seed=base.seed,
-                              skip_bad_images=settings.skip_bad_images)
     if base.weights != "none":
         build_model(base, num_classes=len(splits.classes))  # missing ImageNet file or bad path: stop now
     return space, settings, splits, weights_choice
+
+
+def load_run_splits(settings: RunSettings, fixed: dict[str, Any]) -> data.ImageSplits:
+    """The checked splits of the run's data (a URI is fetched into this node's cache first)."""
+    base = make_config(fixed)
+    return data.load_splits(local_data(settings.data), val_fraction=base.val_fraction, seed=base.seed,
+                            skip_bad_images=settings.skip_bad_images)
 
 
 def _init_ray(address: str | None) -> None:
@@ -122,17 +130,19 @@ def _check_resources(settings: RunSettings) -> None:
 def _trainable(settings: RunSettings, splits: data.ImageSplits):
     from ray import tune
 
-    trainable = tune.with_parameters(train_trial, splits=splits, max_epochs=settings.max_epochs,
+    trainable = tune.with_parameters(train_trial, data_location=settings.data, splits=splits,
+                                     max_epochs=settings.max_epochs,
                                      cpus=settings.cpus_per_trial, workers=settings.workers)
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
 
-def _run_config(settings: RunSettings, storage: Path, name: str, printer):
+def _run_config(settings: RunSettings, name: str, printer):
     from ray import tune
 
+    storage = settings.storage if is_uri(settings.storage) else str(Path(settings.storage).expanduser().resolve())
     return tune.RunConfig(
         name=name,
-        storage_path=str(storage),
+        storage_path=storage,
         # Keep the best epoch by the metric; Ray also always keeps the latest, which resume needs.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=settings.metric,
                                                 checkpoint_score_order=settings.mode),
@@ -159,10 +169,9 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
 
     space, settings, splits, weights_choice = prepare(space_arg, flags, overrides)
     name = settings.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = Path(settings.storage).expanduser().resolve()
-    run_dir = storage / name
-    if run_dir.exists():
-        raise UserError(f"run folder {str(run_dir)!r} already exists; continue it with `tuner resume {run_dir}` "
+    run = run_location(settings.storage, name)
+    if exists(run):
+        raise UserError(f"run folder {run!r} already exists; continue it with `tuner resume {run}` "
                         f"or pick another --name")
     _init_ray(settings.address)
     _check_resources(settings)
@@ -179,10 +188,9 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs,
                                grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
                  if settings.early_stopping else FIFOScheduler())
-    run_dir.mkdir(parents=True)
-    save_json({"space": str(space.path), "settings": asdict(settings), "fixed": space.fixed,
-               "searched": space.searched, "data": settings.data,
-               "weights_choice": weights_choice}, run_dir / RUN_RECORD)
+    with staged(run) as folder:
+        save_json({"space": str(space.path), "settings": asdict(settings), "fixed": space.fixed,
+                   "searched": space.searched, "weights_choice": weights_choice}, folder / RUN_RECORD)
     printer = ProgressPrinter(settings.metric, settings.mode, settings.max_epochs, settings.trials)
     stopping = (f"ASHA grace {settings.grace_period}, reduction {settings.reduction_factor}"
                 if settings.early_stopping else "no early stopping")
@@ -199,42 +207,44 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
             mode=settings.mode,
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=_run_config(settings, storage, name, printer),
+        run_config=_run_config(settings, name, printer),
     )
     grid = tuner.fit()
-    export_results(grid, run_dir, settings, space.searched, splits)
-    return run_dir
+    with staged(run) as folder:
+        export_results(grid, folder, settings, space.searched, splits, location=run)
+    return run
 
 
-def read_run_record(run_dir: Path) -> dict[str, Any]:
-    record = run_dir / RUN_RECORD
-    if not record.is_file():
-        raise UserError(f"{str(run_dir)!r} is not a tuner run (no {RUN_RECORD}); pass a folder made by tuner search")
-    return json.loads(record.read_text())
+def read_run_record(run: str) -> dict[str, Any]:
+    text = read_file_text(join(run, RUN_RECORD))
+    if text is None:
+        raise UserError(f"{run!r} is not a tuner run (no {RUN_RECORD}); pass a folder made by tuner search")
+    return json.loads(text)
 
 
-def resume_search(run_dir: str | Path) -> Path:
-    """Continue an interrupted search: unfinished trials from their checkpoints, errored ones restarted."""
+def resume_search(run: str) -> str:
+    """Continue an interrupted search: unfinished trials from their checkpoints, errored ones restarted.
+
+    Ray restores the searcher, whose define-by-run function reloads the space file from the path the
+    user named when starting the search (never a copy in the run folder).
+    """
     from ray import tune
 
-    from .progress import ProgressPrinter
     from .results import export_results
 
-    run_dir = Path(run_dir).expanduser().resolve()
-    record = read_run_record(run_dir)
+    run = run if is_uri(run) else str(Path(run).expanduser().resolve())
+    record = read_run_record(run)
     settings = RunSettings(**record["settings"])
-    space = load_space(record["space"])  # the file the user named when starting, never a copy
-    base = make_config(record["fixed"])
-    splits = data.load_splits(record["data"], val_fraction=base.val_fraction, seed=base.seed,
-                              skip_bad_images=settings.skip_bad_images)
-    if not tune.Tuner.can_restore(str(run_dir)):
-        raise UserError(f"{str(run_dir)!r} holds no Ray Tune state to resume from (it was stopped before the "
+    splits = load_run_splits(settings, record["fixed"])
+    if not tune.Tuner.can_restore(run):
+        raise UserError(f"{run!r} holds no Ray Tune state to resume from (it was stopped before the "
                         f"first trial started); start a new search")
     _init_ray(settings.address)
     _check_resources(settings)
-    print(f"resuming {run_dir.name} ({space.name}, {settings.trials} trials)")
-    tuner = tune.Tuner.restore(str(run_dir), trainable=_trainable(settings, splits),
+    print(f"resuming {run} ({Path(record['space']).stem}, {settings.trials} trials)")
+    tuner = tune.Tuner.restore(run, trainable=_trainable(settings, splits),
                                resume_unfinished=True, restart_errored=True)
     grid = tuner.fit()
-    export_results(grid, run_dir, settings, record["searched"], splits)
-    return run_dir
+    with staged(run) as folder:
+        export_results(grid, folder, settings, record["searched"], splits, location=run)
+    return run

@@ -5,11 +5,11 @@ Data and run settings are bound with `tune.with_parameters`, never put in the hy
 
 from __future__ import annotations
 
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -17,11 +17,12 @@ from . import data
 from .checkpoint import save_torch
 from .config import make_config
 from .engine import Trainer
+from .storage import local_data
 
 TRAINER_STATE = "trainer.pt"
 
 
-def train_trial(config: dict[str, Any], *, splits: data.ImageSplits, max_epochs: int,
+def train_trial(config: dict[str, Any], *, data_location: str, splits: data.ImageSplits, max_epochs: int,
                 cpus: float = 1.0, workers: int | None = None) -> None:
     """Train one configuration for up to `max_epochs`, one `tune.report` (metrics + checkpoint) per epoch.
 
@@ -30,12 +31,14 @@ def train_trial(config: dict[str, Any], *, splits: data.ImageSplits, max_epochs:
     # One compute thread per reserved CPU: trials sharing a node must not fight over its cores.
     torch.set_num_threads(max(1, int(cpus)))
     hyperparameters = make_config({**config, "epochs": max_epochs})
+    # A URI is fetched once into this node's cache; the driver's file lists are moved onto that copy.
+    splits = splits.rebased(local_data(data_location))
     trainer = Trainer(hyperparameters, splits, num_workers=workers)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(torch.load(Path(folder) / TRAINER_STATE, weights_only=True))
-    node = socket.gethostname()
+    node = ray.get_runtime_context().get_node_id()
     while trainer.epoch < hyperparameters.epochs:
         metrics = trainer.run_epoch()
         with tempfile.TemporaryDirectory() as folder:
