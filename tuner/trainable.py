@@ -33,7 +33,9 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: data.Imag
     hyperparameters = make_config({**config, "epochs": max_epochs})
     # A URI is fetched once into this node's cache; the driver's file lists are moved onto that copy.
     splits = splits.rebased(local_data(data_location))
-    trainer = Trainer(hyperparameters, splits, num_workers=workers)
+    # A trial uses exactly what Ray reserved for it: its GPU (an error if CUDA cannot see it), else the CPU.
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    trainer = Trainer(hyperparameters, splits, device=device, num_workers=workers)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
