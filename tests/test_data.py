@@ -92,7 +92,7 @@ def _empty_class(root):
         (lambda root: _class_folders(root, {"only": 3}), "only one class"),
         (lambda root: _train_val(root, train_classes=("cat",)), "only one class"),
         (_empty_class, "'b' has no training images"),
-        (lambda root: _train_val(root, val_classes=("cat", "emu")), 
+        (lambda root: _train_val(root, val_classes=("cat", "emu")),
          "missing in val/: dog; missing in train/: emu"),
         (lambda root: _class_folders(root / "val", {"a": 1, "b": 1}).parent, "no train/"),
     ],

@@ -97,6 +97,9 @@ def _add_search_parser(commands) -> None:
     for flag, kind, text in _SEARCH_FLAGS:
         shown = "" if "default:" in text else f" (default: {getattr(defaults, _setting_name(flag))})"
         search.add_argument(flag, type=kind, default=None, help=text + shown)
+    search.add_argument("--autoscaling", action="store_true", default=None,
+                        help="the --address cluster adds nodes on demand (cluster.yaml): do not require the "
+                             "trials' GPUs and CPUs to be there when the search starts")
     search.add_argument("--no-early-stopping", dest="early_stopping", action="store_false", default=None,
                         help="run every trial to --max-epochs (no ASHA); a baseline for what ASHA saves")
     search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -200,7 +203,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     flags = {_setting_name(flag): getattr(args, _setting_name(flag)) for flag, *_ in _SEARCH_FLAGS}
     flags.update(workers=args.workers, skip_bad_images=args.skip_bad_images or None,
-                 early_stopping=args.early_stopping)
+                 early_stopping=args.early_stopping, autoscaling=args.autoscaling)
     run_search(args.space, flags, parse_assignments(args.set))
     return 0
 

@@ -115,12 +115,19 @@ def _init_ray(address: str | None) -> None:
 
 
 def _check_resources(settings: RunSettings) -> None:
+    """Refuse a search whose trials could never start here (e.g. GPUs on a machine without any).
+
+    An autoscaling cluster (cluster.yaml) starts with a head that has no GPU; `--autoscaling` says
+    the nodes will come, and trials wait for them.
+    """
     import ray
 
+    if settings.autoscaling:
+        return
     gpus = ray.cluster_resources().get("GPU", 0)
     if settings.gpus_per_trial > 0 and gpus < settings.gpus_per_trial:
         raise UserError(f"--gpus-per-trial {settings.gpus_per_trial} asked for, but the Ray cluster has {gpus:g} "
-                        f"GPUs; use --gpus-per-trial 0 or a cluster with GPUs")
+                        f"GPUs; use --gpus-per-trial 0, a cluster with GPUs, or --autoscaling if it adds GPU nodes on demand")
     cpus = ray.cluster_resources().get("CPU", 0)
     if settings.cpus_per_trial > cpus:
         raise UserError(f"--cpus-per-trial {settings.cpus_per_trial} is more than the cluster's {cpus:g} CPUs; "

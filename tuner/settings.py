@@ -29,6 +29,7 @@ class RunSettings:
     storage: str = "runs"
     name: str | None = None
     address: str | None = None
+    autoscaling: bool = False  # the cluster adds GPU/CPU nodes on demand: skip the "enough resources now" check
     workers: int | None = None
     skip_bad_images: bool = False
 
