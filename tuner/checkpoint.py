@@ -13,7 +13,8 @@ import torch
 from .errors import UserError
 from .model import CHECKPOINT_FORMAT
 
-BEST_FILES = ("model.pt", "config.json", "classes.json", "metrics.json")
+# What a checkpoint says about its model beyond the weights; part of every checkpoint we write.
+DESCRIPTION_KEYS = ("config", "classes", "weights", "normalization")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -61,6 +62,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"pass a best/model.pt written by tuner train or tuner search"
         )
     return payload
+
+
+def model_payload(model: dict, description: dict[str, Any], epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What `best/model.pt` holds: weights plus what to rebuild and use them (config, classes, weights
+    provenance, normalisation: `description`, as in Trainer.description() or a saved trainer state)."""
+    return {"format": CHECKPOINT_FORMAT, "model": model,
+            **{key: description[key] for key in DESCRIPTION_KEYS}, "epoch": epoch, "metrics": metrics}
 
 
 def write_best(folder: Path, payload: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data
-from .checkpoint import save_text, save_torch, write_best
+from .checkpoint import model_payload, save_text, save_torch, write_best
 from .config import METRICS, TrainConfig, is_better
 from .errors import UserError
 from .model import (
@@ -269,16 +269,13 @@ class Trainer:
     def best_payload(self, extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         """The best epoch as a self-contained checkpoint (what `best/model.pt` holds)."""
         assert self.best_metrics is not None and self.best_state is not None
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": self.best_state,
-            "config": self.config.to_dict(),
-            "classes": self.classes,
-            "epoch": self.best_metrics["epoch"],
-            "metrics": {**self.best_metrics, **(extra_metrics or {})},
-            "weights": self.weights,
-            "normalization": self.normalization,
-        }
+        return model_payload(self.best_state, self.description(), self.best_metrics["epoch"],
+                             {**self.best_metrics, **(extra_metrics or {})})
+
+    def description(self) -> dict[str, Any]:
+        """Config, class names, weights provenance and normalisation: what a checkpoint needs besides tensors."""
+        return {"config": self.config.to_dict(), "classes": self.classes, "weights": self.weights,
+                "normalization": self.normalization}
 
     def state_dict(self, include_best: bool = True) -> dict[str, Any]:
         """Everything needed to continue this run exactly where it stopped.
@@ -294,10 +291,7 @@ class Trainer:
             "depth": self.depth,
             "epoch": self.epoch,
             "rng": torch.get_rng_state(),
-            "config": self.config.to_dict(),
-            "classes": self.classes,
-            "weights": self.weights,
-            "normalization": self.normalization,
+            **self.description(),
             "best_metrics": self.best_metrics,
             "best_state": self.best_state if include_best else None,
             "history": self.history,

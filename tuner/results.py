@@ -9,10 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import data
-from .checkpoint import write_best
+from .checkpoint import model_payload, write_best
 from .config import METRICS, field_names, is_better, make_config
 from .engine import Trainer
-from .model import CHECKPOINT_FORMAT
 from .trainable import load_trainer_state
 
 # Ray's bookkeeping columns that say nothing about the model; left out of epochs.parquet.
@@ -90,16 +89,7 @@ def export_best(grid, run_dir: Path, settings, splits: data.ImageSplits) -> dict
     metrics = next(m for c, m in best.best_checkpoints if c.path == checkpoint.path)
     state = load_trainer_state(checkpoint)
     epoch_metrics = {k: v for k, v in metrics.items() if k not in _RAY_COLUMNS and not k.startswith("config")}
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "model": state["model"],
-        "config": state["config"],
-        "classes": state["classes"],
-        "epoch": state["epoch"],
-        "metrics": {**epoch_metrics, "trial_id": metrics.get("trial_id")},
-        "weights": state["weights"],
-        "normalization": state["normalization"],
-    }
+    payload = model_payload(state["model"], state, state["epoch"], {**epoch_metrics, "trial_id": metrics.get("trial_id")})
     if splits.test:
         payload["metrics"].update(evaluate_payload(payload, splits))
     write_best(run_dir / "best", payload)

@@ -38,8 +38,7 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: data.Imag
     trainer = Trainer(hyperparameters, splits, device=device, num_workers=workers)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(torch.load(Path(folder) / TRAINER_STATE, weights_only=True))
+        trainer.load_state_dict(load_trainer_state(checkpoint))
     node = ray.get_runtime_context().get_node_id()
     while trainer.epoch < hyperparameters.epochs:
         metrics = trainer.run_epoch()
