@@ -107,11 +107,15 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
-    if address:
+    if not address:
+        ray.init(include_dashboard=False, **kwargs)  # a local Ray needs no dashboard
+        return
+    try:
         ray.init(address=address, **kwargs)
-    else:
-        # A local Ray listens on localhost only; no dashboard.
-        ray.init(include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot join the Ray cluster at --address {address!r} ({first_line[:200]}); "
+                        f"check the address, or leave --address out for a local Ray") from None
 
 
 def _check_resources(settings: RunSettings) -> None:
