@@ -129,3 +129,11 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_an_out_path_that_is_a_file_is_one_line_and_kept(demo_root, tmp_path, capsys):
+    target = tmp_path / "taken.txt"
+    target.write_text("mine")
+    assert main(["train", "--data", str(demo_root), "--out", str(target), *TINY]) == 2
+    _one_line_error(capsys, "taken.txt")
+    assert target.read_text() == "mine"

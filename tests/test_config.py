@@ -71,3 +71,9 @@ def test_config_file_errors(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"epochs": 3}))
     assert load_config_file(good) == {"epochs": 3}
+
+
+@pytest.mark.parametrize("name", ["warmup_epochs", "lr_head", "lr_decay", "weight_decay"])
+def test_infinite_values_are_refused(name):
+    with pytest.raises(UserError, match=f"{name} must be a finite number"):
+        make_config({name: float("inf")})

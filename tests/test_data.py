@@ -276,3 +276,12 @@ def test_strength_sets_crop_scale_and_randaugment_as_documented(strength, lowest
     steps = transform.transforms
     assert steps[0].scale == pytest.approx((lowest_scale, 1.0))
     assert any(type(step).__name__ == "RandAugment" for step in steps) == has_randaugment
+
+
+def test_a_class_with_one_image_keeps_it_for_training(tmp_path):
+    for name, count in (("a", 1), ("b", 4)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("RGB", (8, 8)).save(tmp_path / name / f"{i}.png")
+    splits = find_splits(tmp_path, val_fraction=0.8)
+    assert sum(label == 0 for _, label in splits.train) == 1

@@ -121,3 +121,9 @@ def test_top5_is_reported_with_ten_or_more_classes(small_splits):
                             train=small_splits.train, val=small_splits.val, test=[])
     metrics = Trainer(tiny_config(epochs=1), many).evaluate(Trainer(tiny_config(), many).val_loader)
     assert 0.0 <= metrics["val_acc"] <= metrics["val_top5"] <= 1.0
+
+
+def test_warmup_never_goes_above_the_base_rate():
+    config = tiny_config(epochs=4, warmup_epochs=0.5)
+    factors = [lr_factor(config, 0, step, 3) for step in range(3)]
+    assert max(factors) == 1.0 and factors[0] < 1.0

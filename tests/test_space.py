@@ -76,3 +76,10 @@ def test_broken_space_files_give_one_line_errors(tmp_path, body, fragment):
 def test_missing_space_file_lists_the_shipped_ones(tmp_path):
     with pytest.raises(UserError, match="does not exist; pass a path or one of: demo, feature_extract"):
         load_space(str(tmp_path / "nope.py"))
+
+
+def test_weights_auto_is_refused_on_the_users_own_data(tmp_path):
+    from tuner.search import prepare
+
+    with pytest.raises(UserError, match="weights=auto is only for the built-in demo data"):
+        prepare("demo", {"data": str(tmp_path)}, {})

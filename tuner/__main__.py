@@ -71,7 +71,7 @@ _SEARCH_FLAGS = (
     ("--max-concurrent", int, "trials running at once"),
     ("--cpus-per-trial", float, "CPUs each trial reserves"),
     ("--gpus-per-trial", float, "GPUs each trial reserves (0.5 packs two trials on a GPU)"),
-    ("--time-budget", float, "seconds after which no new trial starts (default: none)"),
+    ("--time-budget", float, "seconds after which the search stops, running trials included (default: none)"),
     ("--seed", int, "seed of the Optuna sampler"),
     ("--max-failures", int, "restarts of a crashed trial from its last checkpoint"),
     ("--storage", str, "where run folders go (STORAGE/NAME)"),
@@ -259,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"tuner {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a folder that is a file, no permission, a full disk, an unreachable bucket
+        if args.debug:
+            traceback.print_exc()
+        print(f"tuner {args.command}: error: {err}; check the path and its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

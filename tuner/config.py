@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,8 @@ def check_value(name: str, value: Any) -> None:
         raise UserError(
             f"{name} must be {kind.__name__}{' or None' if optional else ''}, but got {value!r}"
         )
+    if kind is float and not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, but got {value!r}")
     if name in _CHOICES and value not in _CHOICES[name]:
         raise UserError(f"{name}={value!r} is not allowed; choose one of {', '.join(_CHOICES[name])}")
     if name in _RANGES:

@@ -217,9 +217,9 @@ def _split_each_class(by_class: dict[str, list[str]], val_fraction: float, seed:
         # A fresh generator per class: adding a class does not move the split of the others.
         random.Random(seed).shuffle(shuffled)
         n = len(shuffled)
-        n_val = round(n * val_fraction)
+        n_val = min(round(n * val_fraction), n - 1)  # every class keeps a training image
         if n >= 2:
-            n_val = min(max(n_val, 1), n - 1)  # every class is validated and keeps a training image
+            n_val = max(n_val, 1)  # and is validated when it can be
         val[name], train[name] = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
     return train, val
 

@@ -87,7 +87,7 @@ def lr_factor(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
     """Multiplier of every group's base rate for batch `step` of `steps` in 0-based `epoch`."""
     start = epoch + step / steps
     if config.warmup_epochs > 0 and start < config.warmup_epochs:
-        return (start + 1 / steps) / config.warmup_epochs
+        return min(1.0, (start + 1 / steps) / config.warmup_epochs)
     if config.schedule == "cosine":
         span = max(config.epochs - config.warmup_epochs, 1e-8)
         return 0.5 * (1 + math.cos(math.pi * min((start - config.warmup_epochs) / span, 1.0)))
@@ -291,6 +291,7 @@ class Trainer:
             "depth": self.depth,
             "epoch": self.epoch,
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             **self.description(),
             "best_metrics": self.best_metrics,
             "best_state": self.best_state if include_best else None,
@@ -309,6 +310,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
         torch.set_rng_state(state["rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.best_metrics, self.best_state = state["best_metrics"], state["best_state"]
         self.history = list(state["history"])
 

@@ -44,15 +44,15 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         number = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
-        value = result[self.metric]
-        if is_better(self.mode, value, self.trial_best.get(trial.trial_id)):
+        value = result.get(self.metric)
+        if is_better(self.mode, value, self.trial_best.get(trial.trial_id)):  # NaN and None never win
             self.trial_best[trial.trial_id] = value
         if is_better(self.mode, value, self.best):
             self.best = value
         minutes = (time.monotonic() - self.started) / 60
         self._print(f"[{minutes:5.1f} min] trial {number:>3} epoch {result['training_iteration']:>3}: "
-                    f"{self.metric} {value:.4f} (trial best {self.trial_best[trial.trial_id]:.4f}, "
-                    f"search best {self.best:.4f}) | {self._counts(trials)}")
+                    f"{self.metric} {_number(value)} (trial best {_number(self.trial_best.get(trial.trial_id))}, "
+                    f"search best {_number(self.best)}) | {self._counts(trials)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         number = self.numbers.get(trial.trial_id, "?")
@@ -62,3 +62,7 @@ class ProgressPrinter(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         number = self.numbers.get(trial.trial_id, "?")
         self._print(f"trial {number} failed after {self._epochs(trial)} epochs: {trial.error_file or ''}")
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import torch
 import pyarrow.parquet as pq
 
 from . import data
@@ -40,7 +41,7 @@ def trial_rows(grid, settings, searched: list[str]) -> list[dict[str, Any]]:
                 best = epoch
         metrics = result.metrics or {}
         row = {
-            "trial_id": metrics.get("trial_id") or Path(result.path).name,
+            "trial_id": metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
             "status": trial_status(result, settings.max_epochs),
             "epochs": int(metrics.get("training_iteration", 0)),
             "stopped_early": trial_status(result, settings.max_epochs) == "stopped_early",
@@ -99,6 +100,8 @@ def export_best(grid, run_dir: Path, settings, splits: data.ImageSplits) -> dict
 def evaluate_payload(payload: dict[str, Any], splits: data.ImageSplits, split: str = "test") -> dict[str, float]:
     """Metrics of a saved model on one split of the data (test: once, never used for selection)."""
     config = make_config({**payload["config"], "weights": "none"})
+    if config.precision == "fp16" and not torch.cuda.is_available():  # trained on a GPU, evaluated here
+        config.precision = "fp32"
     trainer = Trainer(config, splits, num_workers=0)
     trainer.model.load_state_dict(payload["model"])
     loader = trainer.test_loader if split == "test" else trainer.val_loader

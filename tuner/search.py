@@ -40,15 +40,19 @@ def settings_for(space: SearchSpace, flags: dict[str, Any]) -> RunSettings:
 
 
 def hyperparameter_settings(space: SearchSpace) -> dict[str, Any]:
-    """Hyperparameters a space file fixes through SETTINGS (model, image_size, weights, ...)."""
-    return {k: v for k, v in space.settings.items() if k in field_names()}
+    """Hyperparameters a space file fixes through SETTINGS (model, image_size, weights, ...).
+
+    A name that is also a run setting (seed, metric) means the run setting only.
+    """
+    run_names = {f.name for f in fields(RunSettings)}
+    return {k: v for k, v in space.settings.items() if k in field_names() and k not in run_names}
 
 
 def resolve_auto_weights(fixed: dict[str, Any], space: SearchSpace, settings: RunSettings) -> str | None:
     """Replace weights "auto" by "imagenet" when those weights can be had, else by "none"; say which."""
     if fixed.get("weights") != "auto":
         return None
-    if not settings.demo_data:
+    if not settings.demo_data or settings.data is not None:
         raise UserError(f"weights=auto is only for the built-in demo data (space {space.name!r}); "
                         f"use weights=imagenet, none or a path")
     model = fixed.get("model", make_config().model)
@@ -70,7 +74,9 @@ def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
     """
     space = load_space(space_arg)
     settings = settings_for(space, flags)
-    space.fixed = {**hyperparameter_settings(space), **overrides}
+    # The trials pick their best epoch by the search's metric; the rest comes from SETTINGS and --set.
+    space.fixed = {**hyperparameter_settings(space), **overrides, "metric": settings.metric}
+    make_config({k: v for k, v in space.fixed.items() if k != "weights"})  # bad --set values stop here
     weights_choice = resolve_auto_weights(space.fixed, space, settings)
     if weights_choice:
         print(weights_choice)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from .config import METRICS
 from .errors import UserError
@@ -21,7 +21,7 @@ class RunSettings:
     max_concurrent: int = 2
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    time_budget: float | None = None  # seconds; no new trials start after it
+    time_budget: float | None = None  # seconds; then Ray stops the search, running trials included
     seed: int = 0
     early_stopping: bool = True  # False: no ASHA, every trial runs max_epochs (a baseline for ASHA's savings)
     max_failures: int = 2  # a crashed trial restarts from its last checkpoint this many times
@@ -38,6 +38,16 @@ class RunSettings:
         return METRICS[self.metric]
 
     def check(self) -> None:
+        for item in fields(self):
+            value, kind = getattr(self, item.name), item.type.split(" | ")[0]
+            expected = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}[kind]
+            if not (value is None and "None" in item.type) and (
+                    not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool))):
+                raise UserError(f"{item.name} must be {kind}, but got {value!r}")
+        if self.workers is not None and self.workers < 0:
+            raise UserError(f"workers must be >= 0, but got {self.workers}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise UserError(f"time_budget must be > 0 seconds, but got {self.time_budget}")
         if self.metric not in METRICS:
             raise UserError(f"metric {self.metric!r} is not allowed; choose one of {', '.join(METRICS)}")
         for name in ("trials", "max_epochs", "grace_period", "max_concurrent"):
