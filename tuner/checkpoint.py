@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .model import CHECKPOINT_FORMAT
 
 # What a checkpoint says about its model beyond the weights; part of every checkpoint we write.
 DESCRIPTION_KEYS = ("config", "classes", "weights", "normalization")
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -33,11 +33,11 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_torch(obj: Any, path: Path) -> None:
-    _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
+    atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
 def save_text(text: str, path: Path) -> None:
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
+    atomic_write(Path(path), lambda handle: handle.write(text.encode()))
 
 
 def save_json(obj: Any, path: Path) -> None:
@@ -54,8 +54,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt zip, pickle that weights_only refuses, not a torch file at all
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{str(path)!r} is not a readable tuner checkpoint ({reason[:200]})") from None
+        raise UserError(f"{str(path)!r} is not a readable tuner checkpoint ({first_line(err)[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
             f"{str(path)!r} is not a tuner checkpoint (no {CHECKPOINT_FORMAT!r} marker); "

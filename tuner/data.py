@@ -41,7 +41,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .errors import DataError, UserError
+from .errors import DataError, UserError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics the pretrained ResNets were trained with
@@ -327,8 +327,7 @@ def _decode(path: str) -> tuple[tuple[int, int] | None, str | None]:
 
 
 def _short_reason(err: Exception, path: str) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    text = text.replace(repr(path), "").replace(path, "").strip(" :'\"")  # the path is shown anyway
+    text = first_line(err).replace(repr(path), "").replace(path, "").strip(" :'\"")  # the path is shown anyway
     return text or type(err).__name__
 
 

@@ -8,5 +8,11 @@ class UserError(Exception):
     """
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class DataError(UserError):
     """The dataset on disk cannot be used as it is."""

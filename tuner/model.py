@@ -18,7 +18,7 @@ from torchvision.models import get_model_weights
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .config import MODELS, STAGES, TrainConfig
-from .errors import UserError
+from .errors import UserError, first_line
 
 _ARCHITECTURES = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
@@ -117,11 +117,6 @@ def imagenet_cache_path(name: str) -> tuple[Any, Path]:
     return weights, Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def imagenet_available(name: str) -> bool:
-    """True when the ImageNet file for `name` is already in torchvision's cache."""
-    return imagenet_cache_path(name)[1].is_file()
-
-
 def _imagenet_state_dict(name: str) -> tuple[dict, Path, str]:
     weights, path = imagenet_cache_path(name)
     try:
@@ -147,9 +142,8 @@ def _file_state_dict(path: Path, name: str) -> dict:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated zip, refused globals: all mean "not usable"
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"weights file {str(path)!r} is not a loadable PyTorch state_dict ({first_line}); "
+            f"weights file {str(path)!r} is not a loadable PyTorch state_dict ({first_line(err)}); "
             f"pass a torchvision or tuner checkpoint"
         ) from None
     if isinstance(loaded, dict) and loaded.get("format") == CHECKPOINT_FORMAT:
@@ -163,7 +157,7 @@ def _file_state_dict(path: Path, name: str) -> dict:
 
 
 def _load_backbone_state(model: ResNet, state: dict, name: str, path: Path) -> None:
-    """Load every backbone tensor strictly; the head only when its shape fits ours."""
+    """Load every backbone tensor strictly; the head stays new (its classes are ours)."""
     own = model.state_dict()
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing = sorted(k for k in own if not k.startswith("fc.") and k not in backbone)

@@ -10,7 +10,7 @@ import torch
 import pyarrow.parquet as pq
 
 from . import data
-from .checkpoint import model_payload, write_best
+from .checkpoint import atomic_write, model_payload, write_best
 from .config import METRICS, field_names, is_better, make_config
 from .engine import Trainer
 from .trainable import load_trainer_state
@@ -73,9 +73,7 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> None:
     """Parquet through a temporary file, so a reader never sees half a table."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]) if rows else pa.table({})
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda handle: pq.write_table(table, handle))
 
 
 def export_best(grid, run_dir: Path, settings, splits: data.ImageSplits) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from typing import Any
 from . import data
 from .checkpoint import save_json
 from .config import field_names, make_config
-from .errors import UserError
+from .errors import UserError, first_line
 from .model import build_model, imagenet_cache_path
 from .settings import RunSettings
 from .space import SearchSpace, check_space, load_space
@@ -119,8 +119,7 @@ def _init_ray(address: str | None) -> None:
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot join the Ray cluster at --address {address!r} ({first_line[:200]}); "
+        raise UserError(f"cannot join the Ray cluster at --address {address!r} ({first_line(err)[:200]}); "
                         f"check the address, or leave --address out for a local Ray") from None
 
 
