@@ -1,17 +1,23 @@
-"""What ASHA saves: the same seeded search with ASHA and without early stopping, side by side.
+"""Whole searches side by side: what ASHA saves, what the feature cache saves, how fast trials turn over.
 
-Both runs use the same space file, data, Optuna seed and number of trials; the only difference is
-`--no-early-stopping`. Printed for each: trial-epochs spent, best val_acc, wall time; then the ratio
-ASHA / no early stopping. With one trial at a time (`--max-concurrent 1`, the default here) TPE sees
-the same history in both runs until ASHA first stops a trial, so the comparison is as fair as a
-sequential search allows.
+Each mode runs the same seeded search twice through `python -m tuner search`, changing one thing, and
+prints both results and their ratio:
 
-Run from the repository root:  python bench/search.py [--space demo] [--trials 6] [--help]
+  asha        ASHA against --no-early-stopping (trial-epochs, best val_acc, seconds)
+  features    the feature cache on against `--set feature_cache=false` (seconds, best val_acc)
+  turnover    reused Ray workers against --no-reuse-workers (median seconds from one trial's last
+              report to the next trial's first training step, one trial at a time)
+
+Every run also prints its trial turnover. Run from the repository root on an idle machine:
+    python bench/search.py asha        [--space demo] [--trials 12] [--help]
+    python bench/search.py features
+    python bench/search.py turnover
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,56 +26,83 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from tuner.demo_data import write_demo_data
 
-def run_search(args, storage: Path, name: str, early_stopping: bool) -> dict:
-    command = [sys.executable, "-m", "tuner", "search", "--space", args.space, "--storage", str(storage),
-               "--name", name, "--trials", str(args.trials), "--max-epochs", str(args.max_epochs),
-               "--grace-period", str(args.grace_period), "--reduction-factor", str(args.reduction_factor),
-               "--max-concurrent", str(args.max_concurrent), "--cpus-per-trial", str(args.cpus_per_trial),
-               "--seed", str(args.seed)]
+# Per mode: the space and the flags both runs share, then (label, extra flags) of the two variants.
+MODES = {
+    "asha": ("demo", [], [("ASHA", []), ("no early stopping", ["--no-early-stopping"])]),
+    # Random init (no download here) at 64 px keeps the uncached side to minutes on a CPU.
+    "features": ("feature_extract", ["--set", "weights=none", "--set", "image_size=64"],
+                 [("feature cache", []), ("no feature cache", ["--set", "feature_cache=false"])]),
+    "turnover": ("demo", ["--max-epochs", "1", "--grace-period", "1", "--set", "image_size=32"],
+                 [("reused workers", []), ("a worker per trial", ["--no-reuse-workers"])]),
+}
+
+
+def run_search(args, space: str, flags: list[str], storage: Path, name: str) -> dict:
+    command = [sys.executable, "-m", "tuner", "search", "--space", space, "--storage", str(storage),
+               "--name", name, "--max-concurrent", "1", "--cpus-per-trial", str(args.cpus_per_trial),
+               "--seed", str(args.seed), *flags]
+    if args.trials:
+        command += ["--trials", str(args.trials)]
     if args.data:
         command += ["--data", args.data]
-    if not early_stopping:
-        command.append("--no-early-stopping")
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     trials = pq.read_table(storage / name / "trials.parquet").to_pylist()
+    epochs = pq.read_table(storage / name / "epochs.parquet").to_pylist()
     return {
+        "trials": len(trials),
         "trial_epochs": sum(row["epochs"] for row in trials),
         "best_val_acc": max(row["val_acc"] for row in trials if row["val_acc"] is not None),
         "seconds": seconds,
-        "trials": len(trials),
+        "turnover": median_turnover(epochs),
     }
+
+
+def median_turnover(epochs: list[dict]) -> float:
+    """Median gap between a trial's last report and the next trial's first training step (sequential trials)."""
+    spans = {}
+    for row in epochs:
+        start, end = spans.get(row["trial_id"], (float("inf"), 0.0))
+        first = row["first_step_at"] if row["first_step_at"] is not None else float("inf")
+        spans[row["trial_id"]] = (min(start, first), max(end, row["reported_at"]))
+    ordered = sorted(spans.values())
+    gaps = [later[0] - earlier[1] for earlier, later in zip(ordered, ordered[1:])]
+    return statistics.median(gaps) if gaps else float("nan")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--space", default="demo", help="space file or name")
-    parser.add_argument("--data", help="image folder (default: the space's demo data)")
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--max-epochs", type=int, default=4)
-    parser.add_argument("--grace-period", type=int, default=1)
-    parser.add_argument("--reduction-factor", type=int, default=3)
-    parser.add_argument("--max-concurrent", type=int, default=1)
+    parser.add_argument("mode", choices=MODES, nargs="?", default="asha")
+    parser.add_argument("--space", help="space file or name (default: the mode's)")
+    parser.add_argument("--data", help="image folder (default: the demo data)")
+    parser.add_argument("--trials", type=int, help="trials per search (default: the space's)")
     parser.add_argument("--cpus-per-trial", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    space, shared, variants = MODES[args.mode]
+    space = args.space or space
+    results = []
     with tempfile.TemporaryDirectory(prefix="tuner-bench-search-") as folder:
-        storage = Path(folder)
-        asha = run_search(args, storage, "asha", early_stopping=True)
-        full = run_search(args, storage, "full", early_stopping=False)
+        if args.data is None and args.mode == "features":  # a space without demo data of its own
+            args.data = str(Path(folder) / "demo-data")
+            write_demo_data(args.data)
+        for i, (label, extra) in enumerate(variants):
+            results.append((label, run_search(args, space, [*shared, *extra], Path(folder), f"run{i}")))
 
-    print(f"space {args.space}: {args.trials} trials, max {args.max_epochs} epochs, seed {args.seed}, "
-          f"ASHA grace {args.grace_period} reduction {args.reduction_factor}, {args.max_concurrent} at a time")
-    print(f"{'':22}{'trial-epochs':>14}{'best val_acc':>14}{'seconds':>10}")
-    for label, result in (("ASHA", asha), ("no early stopping", full)):
-        print(f"{label:22}{result['trial_epochs']:>14}{result['best_val_acc']:>14.4f}{result['seconds']:>10.0f}")
-    print(f"ratio ASHA / none: trial-epochs {asha['trial_epochs'] / full['trial_epochs']:.2f}, "
-          f"seconds {asha['seconds'] / full['seconds']:.2f}, "
-          f"best val_acc difference {100 * (asha['best_val_acc'] - full['best_val_acc']):+.1f} points")
+    print(f"{args.mode}: space {space}, {results[0][1]['trials']} trials one at a time, seed {args.seed}, "
+          f"flags {' '.join(shared) or '-'}")
+    print(f"{'':22}{'trial-epochs':>14}{'best val_acc':>14}{'seconds':>10}{'turnover s':>12}")
+    for label, r in results:
+        print(f"{label:22}{r['trial_epochs']:>14}{r['best_val_acc']:>14.4f}{r['seconds']:>10.0f}{r['turnover']:>12.2f}")
+    (a_label, a), (b_label, b) = results
+    print(f"ratio {a_label} / {b_label}: trial-epochs {a['trial_epochs'] / b['trial_epochs']:.2f}, "
+          f"seconds {a['seconds'] / b['seconds']:.2f}, turnover {a['turnover'] / b['turnover']:.2f}, "
+          f"best val_acc difference {100 * (a['best_val_acc'] - b['best_val_acc']):+.1f} points")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ layer3 5e-5, batch 32, the same training images, the same `--device` and `--work
         layer2, so the stem (conv1, bn1) still gets gradients that no optimizer group uses
         (`--freeze-seed-stem` freezes it too, to see how much of the ratio that is).
   ours  tuner.engine.Trainer.train_one_epoch from make_config({**SEED_RECIPE, weights none}):
-        its own loader (transforms v2, aug_strength 0.5), its default precision (auto: bf16
+        its own loader (the node's decoded-image cache, crop and flip per image), the rest of
+        aug_strength 0.5 on whole batches (augment.BatchAugment), its default precision (auto: bf16
         autocast on CPUs with bf16 units, fp32 otherwise) and channels_last.
 
 Images/s counts everything one training batch costs: decoding and augmenting the images, the
@@ -23,16 +24,30 @@ the cores then, and that round's figures are not to be quoted.
 `--accuracy-epochs N` also trains each side for N full epochs at 64 px and prints the validation
 accuracy after every epoch, side by side (the speed-up must not cost accuracy).
 
+`--memory on` also prints the peak resident memory of one CPU training trial of ours (224 px, batch
+32, ResNet-50, seed recipe stages, workers 0) at precision fp32 and bf16, each in a fresh process
+(ru_maxrss after `--memory-steps` steps, and its increase over the process right after the model was
+built); `--memory only` prints just that. A search runs several such trials per node, so this bounds
+how many fit in a node's memory.
+
+The loader check (`--loader-sizes`) times only the training batches' preparation on one core:
+the seed's PIL pipeline, ours decoding the files every epoch (`image_cache=false`) and ours from the
+cache, first on the demo PNGs and then on the same images saved as 500 px JPEG photos.
+
 Run from the repository root:  python bench/trainer.py [--help]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import platform
 import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,13 +68,15 @@ except ImportError:  # not installed: run from the checkout
 from tuner import data
 from tuner.config import SEED_RECIPE, make_config
 from tuner.demo_data import write_demo_data
-from tuner.engine import Trainer, autocast_dtype, resolve_device
+from tuner.engine import Trainer, autocast_dtype, cpu_has_native_bf16, resolve_device
 from tuner.errors import UserError
 
 BATCH_SIZE = 32  # the seed's batch size
 IMAGENET_MEAN = [0.485, 0.456, 0.406]  # the tutorial's Normalize
 IMAGENET_STD = [0.229, 0.224, 0.225]
 ACCURACY_SIZE = 64  # image size of the accuracy check: keeps N epochs of both sides to minutes on a CPU
+MEMORY_SIZE = 224  # image size of the memory check: the product's default, where activations are largest
+MEMORY_PRECISIONS = ("fp32", "bf16")
 
 
 # --- the seed tutorial's loop ------------------------------------------------------------------
@@ -103,22 +120,31 @@ class SeedDataset(Dataset):
         return self.transform(image), label
 
 
-def seed_loader(samples, transform, workers: int) -> DataLoader:
-    return DataLoader(SeedDataset(samples, transform), batch_size=BATCH_SIZE, shuffle=True, num_workers=workers)
+def seed_loader(samples, transform, workers: int, batch_size: int = BATCH_SIZE) -> DataLoader:
+    """The tutorial's DataLoader; `batch_size` other than 32 lets a GPU comparison use ours' batch."""
+    return DataLoader(SeedDataset(samples, transform), batch_size=batch_size, shuffle=True, num_workers=workers)
 
 
-def build_seed(num_classes: int, device: torch.device, freeze_stem: bool):
-    """The tutorial's fine-tuning model and optimizer (with weights=None instead of pretrained=True)."""
+def build_seed(num_classes: int, device: torch.device, freeze_stem: bool, train_all: bool = False):
+    """The tutorial's fine-tuning model and optimizer (with weights=None instead of pretrained=True).
+
+    `train_all` trains every stage (stem, layer1 and layer2 join with one more Adam group at 1e-5),
+    so that the loop can be set against tuner's full fine-tuning (unfreeze_depth=5) like for like.
+    """
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     model = model.to(device)
-    optimizer = torch.optim.Adam([
+    groups = [
         {"params": model.layer4.parameters(), "lr": 1e-4},
         {"params": model.layer3.parameters(), "lr": 5e-5},
         {"params": model.fc.parameters(), "lr": 1e-3},
-    ])
-    frozen = [model.layer1, model.layer2] + ([model.conv1, model.bn1] if freeze_stem else [])
+    ]
+    if train_all:
+        lower = [model.conv1, model.bn1, model.layer1, model.layer2]
+        groups.append({"params": [p for m in lower for p in m.parameters()], "lr": 1e-5})
+    optimizer = torch.optim.Adam(groups)
+    frozen = [] if train_all else [model.layer1, model.layer2] + ([model.conv1, model.bn1] if freeze_stem else [])
     for module in frozen:
         for param in module.parameters():
             param.requires_grad = False
@@ -165,13 +191,12 @@ def build_ours(splits, size: int, args, epochs: int = 1) -> Trainer:
     return Trainer(config, splits, device=args.device, num_workers=args.workers)
 
 
-def use_train_samples(trainer: Trainer, samples, workers: int) -> None:
-    """Point the trainer's next epoch at `samples`, with its own transform, shuffling and pinning."""
-    old = trainer.train_loader
-    trainer.train_loader = data.make_loader(
-        samples, old.dataset.transform, batch_size=BATCH_SIZE, shuffle=True, num_workers=workers,
-        generator=trainer.loader_generator, pin_memory=old.pin_memory,
-    )
+def train_loader_of(trainer: Trainer, samples):
+    """The trainer's own kind of training loader over `samples`: its crop transform, shuffling and
+    pinning, and the node's decoded-image cache (built here, once, outside any timing: the cache is
+    built once per node and dataset and then serves every epoch of every trial)."""
+    return trainer._loader(samples, trainer.train_loader.dataset.transform, shuffle=True,
+                           generator=trainer.loader_generator)
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -199,8 +224,8 @@ def time_seed(seed, samples, size: int, args, device) -> Timer:
     return timer
 
 
-def time_ours(trainer: Trainer, samples, args) -> Timer:
-    use_train_samples(trainer, samples, args.workers)
+def time_ours(trainer: Trainer, loader) -> Timer:
+    trainer.train_loader = loader
     with Timer() as timer:
         trainer.train_one_epoch()
     return timer
@@ -220,11 +245,12 @@ def measure_size(splits, size: int, batches: int, args) -> dict:
     samples = sample_images(splits.train, batches * BATCH_SIZE)
     warmup = samples[:BATCH_SIZE]
     time_seed(seed, warmup, size, args, trainer.device)  # first-call costs: allocator, oneDNN primitives
-    time_ours(trainer, warmup, args)
+    time_ours(trainer, train_loader_of(trainer, warmup))
+    loader = train_loader_of(trainer, samples)
     seed_rates, our_rates, shares = [], [], []
     for round_ in range(1, args.rounds + 1):
         seed_time = time_seed(seed, samples, size, args, trainer.device)
-        our_time = time_ours(trainer, samples, args)
+        our_time = time_ours(trainer, loader)
         seed_rates.append(len(samples) / seed_time.wall)
         our_rates.append(len(samples) / our_time.wall)
         shares += [seed_time.share, our_time.share]
@@ -248,6 +274,130 @@ def compare_accuracy(splits, epochs: int, args) -> None:
         seed_acc = seed_val_acc(model, val_loader, trainer.device)
         ours_acc = trainer.run_epoch()["val_acc"]
         print(f"{epoch:>5}  {seed_acc:>12.3f}  {ours_acc:>12.3f}", flush=True)
+
+
+# --- loader throughput ------------------------------------------------------------------------
+
+
+def loader_rate(loader, prepare) -> float:
+    """Images/s of iterating `loader` and preparing each batch as training would (no model)."""
+    start, seen = time.perf_counter(), 0
+    for images, _ in loader:
+        prepare(images)
+        seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def as_photos(samples, folder: Path, width: int):
+    """The samples re-saved as JPEG photos `width` px wide (4:3), the size of typical datasets' files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = []
+    for i, (path, label) in enumerate(samples):
+        target = folder / f"{i}.jpg"
+        with Image.open(path) as image:
+            image.convert("RGB").resize((width, width * 3 // 4)).save(target, quality=90)
+        photos.append((str(target), label))
+    return photos
+
+
+def compare_loaders(splits, size: int, args, photo_folder: Path | None = None) -> None:
+    """Training-batch images/s on one core: decoding files every epoch vs the decoded-image cache."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per core
+    samples = sample_images(splits.train, args.loader_images)
+    if photo_folder is not None:
+        samples = as_photos(samples, photo_folder, args.loader_photo_width)
+        splits = dataclasses.replace(splits, train=samples)
+    cached = build_ours(splits, size, args)
+    uncached = Trainer(make_config({**cached.config.to_dict(), "image_cache": False}), splits,
+                       device=args.device, num_workers=0)
+    seed = seed_loader(samples, seed_train_transform(size), 0)
+    variants = {
+        "seed: PIL decode + PIL transforms per image": (seed, lambda images: None),
+        "ours, no cache: PIL decode + crop, batch augment": (
+            train_loader_of(uncached, samples), lambda images: uncached._batch_to_device(images, images, augment=True)),
+        "ours, cache: decoded once + crop, batch augment": (
+            train_loader_of(cached, samples), lambda images: cached._batch_to_device(images, images, augment=True)),
+    }
+    rates = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, (loader, prepare) in variants.items():
+            rates[name].append(loader_rate(loader, prepare))
+    torch.set_num_threads(threads)
+    files = f"{args.loader_photo_width} px JPEG photos" if photo_folder else "the demo PNGs (64-96 px)"
+    print(f"\nloader images/s on 1 core from {files}, {size} px, aug_strength {cached.config.aug_strength} "
+          f"(median of {args.rounds} rounds of {len(samples)} images)")
+    base = statistics.median(rates[next(iter(rates))])
+    uncached_rate = statistics.median(rates["ours, no cache: PIL decode + crop, batch augment"])
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        print(f"  {name:<52}{rate:>8.0f}   x{rate / base:.2f} vs seed   x{rate / uncached_rate:.2f} vs no cache")
+
+
+# --- peak memory ---------------------------------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def memory_trial(data_dir: Path, precision: str, steps: int) -> dict:
+    """One CPU trial of ours in this (fresh) process: peak RSS after model build and after `steps` steps.
+
+    Run in a child process so that neither the parent's nor the other precision's allocations count.
+    """
+    splits = data.load_splits(data_dir)
+    splits = dataclasses.replace(splits, train=sample_images(splits.train, steps * BATCH_SIZE))
+    config = make_config({**SEED_RECIPE, "weights": "none", "image_size": MEMORY_SIZE,
+                          "batch_size": BATCH_SIZE, "precision": precision})
+    trainer = Trainer(config, splits, device="cpu", num_workers=0)
+    after_build = peak_rss_mib()
+    start = time.perf_counter()
+    trainer.train_one_epoch()  # `steps` batches: the subset holds exactly steps x BATCH_SIZE images
+    return {"precision": precision, "after_build_mib": after_build, "peak_mib": peak_rss_mib(),
+            "seconds": time.perf_counter() - start}
+
+
+def measure_memory_in_child(data_dir: Path, precision: str, steps: int) -> dict:
+    """`memory_trial` in a fresh Python process (this script with --memory-child); its JSON result.
+
+    Each child gets its own empty node cache ($TUNER_CACHE), so both precisions pay for building the
+    image cache alike and nothing is written to the user's cache.
+    """
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", precision,
+               "--data", str(data_dir), "--memory-steps", str(steps)]
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-cache-") as cache_dir:
+        env = {**os.environ, "TUNER_CACHE": cache_dir}
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory trial ({precision}) failed:\n{done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_table(trials: list[dict]) -> list[str]:
+    """fp32 and bf16 side by side, and bf16 / fp32 for the peak and for the increase over the build."""
+    rows = ["precision  after build MiB  peak MiB  increase MiB  train s"]
+    for t in trials:
+        rows.append(f"{t['precision']:<9}  {t['after_build_mib']:>14.0f}  {t['peak_mib']:>8.0f}"
+                    f"  {t['peak_mib'] - t['after_build_mib']:>12.0f}  {t['seconds']:>7.1f}")
+    by = {t["precision"]: t for t in trials}
+    if {"fp32", "bf16"} <= by.keys():
+        fp32, bf16 = by["fp32"], by["bf16"]
+        increase = (bf16["peak_mib"] - bf16["after_build_mib"]) / max(fp32["peak_mib"] - fp32["after_build_mib"], 1e-9)
+        rows.append(f"bf16 / fp32: peak {bf16['peak_mib'] / fp32['peak_mib']:.2f}, increase {increase:.2f}")
+    return rows
+
+
+def compare_memory(data_dir: Path, steps: int) -> None:
+    print(f"\npeak resident memory of one CPU training trial of ours: ResNet-50, {MEMORY_SIZE} px, batch "
+          f"{BATCH_SIZE}, seed recipe stages (layer3 + layer4 + head), workers 0, {steps} steps; "
+          f"each precision in a fresh process", flush=True)
+    trials = [measure_memory_in_child(data_dir, precision, steps) for precision in MEMORY_PRECISIONS]
+    print("\n".join(memory_table(trials)))
+    if not cpu_has_native_bf16():
+        print("(this CPU has no bf16 units: precision auto would train in fp32 here)")
 
 
 # --- reporting ---------------------------------------------------------------------------------
@@ -307,6 +457,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"also train each side N full epochs at {ACCURACY_SIZE} px and compare val accuracy; 0 skips it")
     parser.add_argument("--freeze-seed-stem", action="store_true",
                         help="freeze conv1/bn1 in the seed loop too (the tutorial leaves them trainable)")
+    parser.add_argument("--loader-sizes", type=int, nargs="*", default=[64, 224],
+                        help="image sizes of the loader-throughput check (none: skip it)")
+    parser.add_argument("--loader-images", type=int, default=256, help="images per round of the loader check")
+    parser.add_argument("--loader-photo-width", type=int, default=500,
+                        help="the loader check also runs on the same images saved as JPEGs this wide")
+    parser.add_argument("--memory", choices=("off", "on", "only"), default="off",
+                        help=f"peak RSS of one CPU trial of ours, fp32 vs bf16 at {MEMORY_SIZE} px "
+                             "(about 1.5 minutes on 2 cores); on: after the speed rounds, only: instead of them")
+    parser.add_argument("--memory-steps", type=int, default=2,
+                        help="training steps of the memory check (from the second on, Adam's state is held through the step)")
+    parser.add_argument("--memory-child", choices=MEMORY_PRECISIONS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if len(args.batches) == 1:
         args.batches *= len(args.sizes)
@@ -316,6 +477,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--batches and --rounds must be >= 1, but got {args.batches} and {args.rounds}")
     if args.workers < 0 or args.accuracy_epochs < 0:
         parser.error(f"--workers and --accuracy-epochs must be >= 0, but got {args.workers} and {args.accuracy_epochs}")
+    if args.memory_steps < 1:
+        parser.error(f"--memory-steps must be >= 1, but got {args.memory_steps}")
+    if args.memory_child and args.data is None:
+        parser.error("--memory-child needs --data")
     return args
 
 
@@ -325,9 +490,12 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
     amp = autocast_dtype(make_config().precision, device)  # what Trainer picks for the default precision
     precision = "fp32" if amp is None else f"{str(amp).removeprefix('torch.')} autocast"
     print("\n".join(machine_lines(device)))
+    print(f"data: {data_dir} ({len(splits.classes)} classes, {len(splits.train)} train images)", flush=True)
+    if args.memory == "only":
+        compare_memory(data_dir, args.memory_steps)
+        return
     print(f"ours: {precision}, channels_last; seed: fp32, NCHW; workers {args.workers}; "
-          f"seed stem {'frozen' if args.freeze_seed_stem else 'trainable (as in the tutorial)'}")
-    print(f"data: {data_dir} ({len(splits.classes)} classes, {len(splits.train)} train images)\n", flush=True)
+          f"seed stem {'frozen' if args.freeze_seed_stem else 'trainable (as in the tutorial)'}\n", flush=True)
     results = []
     for size, batches in zip(args.sizes, args.batches):
         print(f"{size} px: {args.rounds} rounds of {batches} batches x {BATCH_SIZE} images per side", flush=True)
@@ -336,12 +504,21 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
     print("\n".join(summary_table(results)))
     if hasattr(os, "getloadavg"):
         print("load average at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
+    for size in args.loader_sizes:
+        compare_loaders(splits, size, args)
+        with tempfile.TemporaryDirectory(prefix="tuner-bench-photos-") as folder:
+            compare_loaders(splits, size, args, Path(folder))
     if args.accuracy_epochs:
         compare_accuracy(splits, args.accuracy_epochs, args)
+    if args.memory == "on":
+        compare_memory(data_dir, args.memory_steps)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.memory_child:  # one trial of the memory check, in the fresh process compare_memory started
+        print(json.dumps(memory_trial(args.data, args.memory_child, args.memory_steps)))
+        return
     start = time.perf_counter()
     try:
         if args.data is not None:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -6,11 +7,11 @@ from tuner.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     check_data,
+    crop_transforms,
     eval_transforms,
     find_splits,
     load_splits,
     make_loader,
-    train_transforms,
     verify_images,
 )
 from tuner.errors import DataError, UserError
@@ -198,26 +199,27 @@ def photo():
     return Image.fromarray(noise.numpy(), "RGB")
 
 
-def test_strength_zero_is_the_deterministic_eval_transform(photo):
-    transform = train_transforms(image_size=32, aug_strength=0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    expected = eval_transforms(image_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)(photo)
-    assert torch.equal(transform(photo), transform(photo)) and torch.equal(transform(photo), expected)
+def test_strength_zero_is_the_deterministic_eval_crop(photo):
+    crop = crop_transforms(image_size=32, aug_strength=0.0)
+    expected = eval_transforms(image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3)(photo)
+    assert torch.equal(crop(photo), crop(photo))
+    assert torch.allclose(crop(photo).float() / 255, expected, atol=1e-6)  # eval = the strength-0 crop, scaled
 
 
 def test_strength_one_is_random(photo):
-    transform = train_transforms(image_size=32, aug_strength=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    crop = crop_transforms(image_size=32, aug_strength=1.0)
     torch.manual_seed(0)
-    draws = [transform(photo) for _ in range(4)]
+    draws = [crop(photo) for _ in range(4)]
     assert any(not torch.equal(draws[0], other) for other in draws[1:])
 
 
 @pytest.mark.parametrize("strength", [0.0, 0.3, 0.7, 1.0])
-def test_transforms_give_normalised_square_tensors(photo, strength):
-    transform = train_transforms(image_size=40, aug_strength=strength, mean=(0.5,) * 3, std=(0.25,) * 3)
-    out = transform(photo)
-    assert out.shape == (3, 40, 40) and out.dtype == torch.float32
-    assert out.min() >= -2.0 - 1e-6 and out.max() <= 2.0 + 1e-6  # (x - 0.5) / 0.25 for x in [0, 1]
-    assert out.min() < -0.5  # normalised, not left in [0, 1]
+def test_crops_are_square_uint8_from_pil_images_and_tensors(photo, strength):
+    crop = crop_transforms(image_size=40, aug_strength=strength)
+    as_tensor = torch.from_numpy(np.asarray(photo)).permute(2, 0, 1)
+    for image in (photo, as_tensor):
+        out = crop(image)
+        assert out.shape == (3, 40, 40) and out.dtype == torch.uint8 and type(out) is torch.Tensor
 
 
 def test_eval_transform_normalises_a_constant_image_exactly():
@@ -229,7 +231,7 @@ def test_eval_transform_normalises_a_constant_image_exactly():
 
 def test_aug_strength_outside_zero_to_one_is_refused():
     with pytest.raises(UserError, match="aug_strength must be"):
-        train_transforms(image_size=32, aug_strength=1.5, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        crop_transforms(image_size=32, aug_strength=1.5)
 
 
 # --- loader ---
@@ -255,7 +257,7 @@ def test_make_loader_refuses_to_drop_every_batch(tmp_path):
 def test_worker_augmentation_follows_the_reseeded_generator(demo_root):
     # What exact resume relies on: the same generator seed gives the same augmented epoch.
     samples = find_splits(demo_root).train[:6]
-    transform = train_transforms(image_size=32, aug_strength=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    transform = crop_transforms(image_size=32, aug_strength=1.0)
     generator = torch.Generator()
     loader = make_loader(samples, transform, batch_size=3, shuffle=True, num_workers=1, generator=generator)
 
@@ -269,13 +271,11 @@ def test_worker_augmentation_follows_the_reseeded_generator(demo_root):
 
 
 @pytest.mark.parametrize(
-    "strength, lowest_scale, has_randaugment", [(0.25, 0.77, False), (0.5, 0.54, True), (1.0, 0.08, True)]
+    "strength, lowest_scale", [(0.25, 0.77), (0.5, 0.54), (1.0, 0.08)]
 )
-def test_strength_sets_crop_scale_and_randaugment_as_documented(strength, lowest_scale, has_randaugment):
-    transform = train_transforms(image_size=32, aug_strength=strength, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    steps = transform.transforms
+def test_strength_sets_the_crop_scale_as_documented(strength, lowest_scale):
+    steps = crop_transforms(image_size=32, aug_strength=strength).transforms
     assert steps[0].scale == pytest.approx((lowest_scale, 1.0))
-    assert any(type(step).__name__ == "RandAugment" for step in steps) == has_randaugment
 
 
 def test_a_class_with_one_image_keeps_it_for_training(tmp_path):

@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--val-fraction", type=float, default=0.2, help="val share when DIR has no val/ folder")
     check.add_argument("--seed", type=int, default=0, help="seed of that split")
 
+    cache = commands.add_parser("cache", help="show or clear this node's cache of decoded images and features",
+                                formatter_class=_formatter)
+    cache.add_argument("action", choices=("list", "clear"), help="list: entries and sizes; clear: delete them")
+    cache.add_argument("--kind", choices=("data", "images", "features"), action="append",
+                       help="only this kind (repeatable); default: every kind")
     demo = commands.add_parser("demo-data", help="write the built-in demo dataset", formatter_class=_formatter)
     demo.add_argument("out", metavar="DIR")
     demo.add_argument("--seed", type=int, default=0, help="seed of the generated images")
@@ -102,6 +107,8 @@ def _add_search_parser(commands) -> None:
                              "trials' GPUs and CPUs to be there when the search starts")
     search.add_argument("--no-early-stopping", dest="early_stopping", action="store_false", default=None,
                         help="run every trial to --max-epochs (no ASHA); a baseline for what ASHA saves")
+    search.add_argument("--no-reuse-workers", dest="reuse_workers", action="store_false", default=None,
+                        help="start a fresh Ray worker process for every trial (Ray's default; slower turnover)")
     search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="fix a hyperparameter for every trial, e.g. --set model=resnet18 (repeatable)")
     _add_runtime_options(search, device=False)
@@ -203,7 +210,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     flags = {_setting_name(flag): getattr(args, _setting_name(flag)) for flag, *_ in _SEARCH_FLAGS}
     flags.update(workers=args.workers, skip_bad_images=args.skip_bad_images or None,
-                 early_stopping=args.early_stopping, autoscaling=args.autoscaling)
+                 early_stopping=args.early_stopping, autoscaling=args.autoscaling,
+                 reuse_workers=args.reuse_workers)
     run_search(args.space, flags, parse_assignments(args.set))
     return 0
 
@@ -247,8 +255,23 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .cache import KINDS, cache_root, cache_usage, clear_cache
+
+    kinds = tuple(args.kind or KINDS)
+    if args.action == "clear":
+        entries, freed = clear_cache(kinds)
+        print(f"cleared {entries} entries ({freed / 2**20:.1f} MiB) of {', '.join(kinds)} from {cache_root()}")
+        return 0
+    print(f"node cache: {cache_root()} (set TUNER_CACHE to move it)")
+    for kind, (entries, size) in cache_usage().items():
+        if kind in kinds:
+            print(f"  {kind:<9}{entries:>5} entries {size / 2**20:>10.1f} MiB")
+    return 0
+
+
 COMMANDS = {"search": cmd_search, "resume": cmd_resume, "train": cmd_train, "predict": cmd_predict,
-            "check-data": cmd_check_data, "demo-data": cmd_demo_data}
+            "check-data": cmd_check_data, "demo-data": cmd_demo_data, "cache": cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:

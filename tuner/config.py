@@ -64,6 +64,11 @@ class TrainConfig:
     seed: int = 0  # fixes split, init of the head, shuffling and augmentation
     metric: str = "val_acc"  # which validation metric picks the best checkpoint
     precision: str = "auto"  # auto: bf16 (fp16 on old GPUs) on CUDA; bf16 on CPUs with bf16 units, else fp32
+    compile: bool = False  # torch.compile the model: faster steps on CUDA after a slow first epoch
+    # --- caches (node-local, see cache.py): same results, less repeated work ---
+    image_cache: bool = True  # decode and resize each image once, not with PIL every epoch
+    feature_cache: bool = True  # head-only epochs train on cached backbone features
+    feature_views: int = 4  # augmented views per training image in the feature cache (aug_strength > 0)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -122,6 +127,7 @@ _RANGES = {
     "val_fraction": (0.0, 1.0, False, False),
     "epochs": (1, None, True, True),
     "seed": (0, None, True, True),
+    "feature_views": (1, 64, True, True),
 }
 _RANGES.update({f"lr_{stage}": (0.0, None, False, True) for stage in STAGES})
 

@@ -9,7 +9,9 @@ Accepted layouts (hidden files and folders are ignored):
 A split is stratified and deterministic: per class, file names are sorted, shuffled with
 `random.Random(seed)`, and the first `round(n * val_fraction)` (at least 1 when n >= 2) go to val.
 
-Augmentation has one knob, `aug_strength` s in [0, 1] (torchvision.transforms.v2):
+Augmentation has one knob, `aug_strength` s in [0, 1], split between the loader (crop_transforms:
+random crop and flip, per image, uint8) and the training device (augment.BatchAugment: rotation,
+colour jitter and RandAugment, vectorised over the batch):
 
     s      crop scale      flip   rotation   colour jitter (b, c, s / hue)   RandAugment
     0      Resize(size*256/224) + CenterCrop(size): the eval transform, no randomness
@@ -20,6 +22,10 @@ Augmentation has one knob, `aug_strength` s in [0, 1] (torchvision.transforms.v2
     in general: scale (1 - 0.92 s, 1), rotation 30 s, jitter 0.4 s / 0.1 s, RandAugment from s >= 0.5
     with magnitude round(9 s) (halves round up)
 
+With the image cache on (`image_cache`, the default) the loader crops from each image as decoded once
+and resized to a shorter side of size*256/224 (cache.decoded_images), not from the full-size file: the
+same pixels for evaluation, slightly softer large zooms for training.
+
 The seed tutorial's augmentation (RandomResizedCrop(224), flip, RandomRotation(15),
 ColorJitter(0.2, 0.2)) is roughly s = 0.5: the same rotation and jitter, but its crops go down to
 8% of the image where s = 0.5 stops at 54%, and it has no RandAugment.
@@ -28,7 +34,6 @@ ColorJitter(0.2, 0.2)) is roughly s = 0.5: the same rotation and jitter, but its
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import statistics
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +46,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from .cache import DecodedImages
 from .errors import DataError, UserError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -420,60 +426,68 @@ def _balance_warnings(splits: ImageSplits) -> list[str]:
     return warnings
 
 
-# --- augmentation presets ----------------------------------------------------------------------
+# --- what the loader does to each image ---------------------------------------------------------
 
 
-def eval_transforms(*, image_size: int, mean, std) -> Callable:
-    """PIL image -> normalised float tensor (3, image_size, image_size); resize + centre crop."""
-    return v2.Compose([
-        v2.Resize(round(image_size * 256 / 224)),  # ImageNet's resize-then-crop ratio
-        v2.CenterCrop(image_size),
-        *_to_normalised_tensor(mean, std),
-    ])
+def resize_size(image_size: int) -> int:
+    """The shorter side images are resized to before a centre crop of `image_size` (ImageNet's ratio)."""
+    return round(image_size * 256 / 224)
 
 
-def train_transforms(*, image_size: int, aug_strength: float, mean, std) -> Callable:
-    """PIL image -> augmented, normalised tensor; `aug_strength` 0 is exactly `eval_transforms`.
+def crop_transforms(*, image_size: int, aug_strength: float) -> Callable:
+    """PIL image or uint8 tensor -> uint8 tensor (3, image_size, image_size): the loader's share of the work.
 
-    See the module docstring for what each strength does.
+    `aug_strength` 0 resizes and centre-crops (the eval transform); above 0 it takes a random crop of
+    scale (1 - 0.92 s, 1) and flips half the images. The rest of the augmentation runs on whole batches
+    on the training device (augment.BatchAugment).
     """
     if not 0 <= aug_strength <= 1:
         raise UserError(f"aug_strength must be >= 0 and <= 1, but got {aug_strength!r}")
-    s = aug_strength
-    if s == 0:
-        return eval_transforms(image_size=image_size, mean=mean, std=std)
-    steps = [
-        v2.RandomResizedCrop(image_size, scale=(1 - 0.92 * s, 1.0)),  # s=1: torchvision's 0.08
-        v2.RandomHorizontalFlip(0.5),
-        v2.RandomRotation(30 * s),
-        v2.ColorJitter(brightness=0.4 * s, contrast=0.4 * s, saturation=0.4 * s, hue=0.1 * s),
-    ]
-    if s >= 0.5:  # policy-based ops only for strong settings: weak ones should stay close to the data
-        steps.append(v2.RandAugment(num_ops=2, magnitude=math.floor(9 * s + 0.5)))
-    return v2.Compose(steps + _to_normalised_tensor(mean, std))
+    if aug_strength == 0:
+        steps = [v2.Resize(resize_size(image_size)), v2.CenterCrop(image_size)]
+    else:  # s=1 crops down to torchvision's 0.08
+        steps = [v2.RandomResizedCrop(image_size, scale=(1 - 0.92 * aug_strength, 1.0)), v2.RandomHorizontalFlip(0.5)]
+    return v2.Compose([*steps, v2.ToImage(), v2.ToPureTensor()])
 
 
-def _to_normalised_tensor(mean, std) -> list:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+def eval_transforms(*, image_size: int, mean, std) -> Callable:
+    """PIL image -> normalised float tensor (3, image_size, image_size): resize + centre crop.
+
+    The same pixels as training's evaluation (crop_transforms at strength 0, then augment.normalize).
+    """
+    return v2.Compose([
+        crop_transforms(image_size=image_size, aug_strength=0.0),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ])
 
 
 # --- datasets and loaders ----------------------------------------------------------------------
 
 
 class ImageListDataset(Dataset):
-    """(path, label) pairs -> (transformed image, label); images are read as RGB on each access."""
+    """(path, label) pairs -> (transformed image, label).
 
-    def __init__(self, samples: list[tuple[str, int]], transform: Callable | None):
+    Images come from `decoded` (the node's decoded-image cache, in the order of `samples`) when given,
+    else from the files, decoded with PIL as RGB on every access.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable | None,
+                 decoded: DecodedImages | None = None):
         self.samples = list(samples)
         self.transform = transform
+        self.decoded = decoded
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            image = image.convert("RGB")  # grey, palette and RGBA files all become 3 channels
+        if self.decoded is not None:
+            image = self.decoded[index]
+        else:
+            with Image.open(path) as image:
+                image = image.convert("RGB")  # grey, palette and RGBA files all become 3 channels
         if self.transform is not None:
             image = self.transform(image)
         return image, label
@@ -484,6 +498,7 @@ def make_loader(
     transform: Callable,
     *,
     batch_size: int,
+    decoded: DecodedImages | None = None,
     shuffle: bool,
     num_workers: int = 0,
     generator: torch.Generator | None = None,
@@ -498,7 +513,7 @@ def make_loader(
             "lower batch_size"
         )
     return DataLoader(
-        ImageListDataset(samples, transform),
+        ImageListDataset(samples, transform, decoded),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import data
+from . import cache, data
+from .augment import BatchAugment, normalize
 from .checkpoint import model_payload, save_text, save_torch, write_best
 from .config import METRICS, TrainConfig, is_better
 from .errors import UserError
@@ -116,6 +117,8 @@ class Trainer:
         self.model, self.weights = build_model(config, len(self.classes))
         # channels_last suits both cuDNN and oneDNN convolutions (1.2-2x here on CPU).
         self.model.to(self.device, memory_format=torch.channels_last)
+        # Compiled or not, the parameters (and state_dict keys) are self.model's.
+        self.forward = torch.compile(self.model) if config.compile else self.model
         self.normalization = normalization(config.model)
         self._build_loaders(splits, default_workers(self.device) if num_workers is None else num_workers)
         self.depth = self.target_depth(0)
@@ -126,27 +129,33 @@ class Trainer:
         self.best_metrics: dict[str, Any] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
+        self.first_step_at: float | None = None  # wall-clock time of the first training step
+        self._banks: dict[str, cache.FeatureBank] | None = None
 
     def _build_loaders(self, splits: data.ImageSplits, num_workers: int) -> None:
-        size, norm = self.config.image_size, self.normalization
-        train_tf = data.train_transforms(image_size=size, aug_strength=self.config.aug_strength, **norm)
-        eval_tf = data.eval_transforms(image_size=size, **norm)
-        pin = self.device.type == "cuda"
-        # A generator reseeded every epoch makes shuffling and worker seeds a function of (seed, epoch).
+        """uint8 loaders (crop and flip only); `_batch_to_device` does the rest on the device."""
+        config = self.config
+        crop = data.crop_transforms(image_size=config.image_size, aug_strength=config.aug_strength)
+        center = data.crop_transforms(image_size=config.image_size, aug_strength=0.0)
+        self.augment = BatchAugment(aug_strength=config.aug_strength, **self.normalization)
+        # Generators reseeded every epoch make shuffling, worker seeds and the batch augmentation a
+        # function of (seed, epoch), so a resumed run repeats them exactly.
         self.loader_generator = torch.Generator()
-        self.train_loader = data.make_loader(
-            splits.train, train_tf, batch_size=self.config.batch_size, shuffle=True,
-            num_workers=num_workers, generator=self.loader_generator, pin_memory=pin, drop_last=False,
-        )
-        self.val_loader = data.make_loader(
-            splits.val, eval_tf, batch_size=self.config.batch_size, shuffle=False,
-            num_workers=num_workers, pin_memory=pin,
-        )
-        self.test_loader = (
-            data.make_loader(splits.test, eval_tf, batch_size=self.config.batch_size, shuffle=False,
-                             num_workers=num_workers, pin_memory=pin)
-            if splits.test else None
-        )
+        self.augment_generator = torch.Generator()
+        self.num_workers = num_workers
+
+        self.train_samples, self.val_samples = splits.train, splits.val
+        self.train_loader = self._loader(splits.train, crop, shuffle=True, generator=self.loader_generator)
+        self.val_loader = self._loader(splits.val, center, shuffle=False)
+        self.test_loader = self._loader(splits.test, center, shuffle=False) if splits.test else None
+
+    def _loader(self, samples, transform, **kwargs):
+        """A uint8 loader over `samples`, reading the node's decoded-image cache when it is on."""
+        size = self.config.image_size
+        decoded = (cache.decoded_images([path for path, _ in samples], data.resize_size(size))
+                   if self.config.image_cache else None)
+        return data.make_loader(samples, transform, batch_size=self.config.batch_size, num_workers=self.num_workers,
+                                pin_memory=self.device.type == "cuda", decoded=decoded, **kwargs)
 
     def _groups(self, stages: tuple[str, ...]) -> list[dict]:
         return param_groups(self.model, self.config, stages)
@@ -169,28 +178,57 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _to_device(self, images: torch.Tensor, labels: torch.Tensor):
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return images, labels.to(self.device, non_blocking=True)
+    def _batch_to_device(self, images: torch.Tensor, labels: torch.Tensor, *, augment: bool):
+        """A uint8 batch -> augmented (training) or only normalised float batch on the device."""
+        images = images.to(self.device, non_blocking=True)
+        if augment:
+            images = self.augment(images, self.augment_generator)
+        else:
+            images = normalize(images, **self.normalization)
+        return images.contiguous(memory_format=torch.channels_last), labels.to(self.device, non_blocking=True)
+
+    def head_only(self) -> bool:
+        """Whether this epoch trains the head alone on cached backbone features (frozen backbone)."""
+        return self.config.feature_cache and self.depth == 0
+
+    def _image_batches(self, loader, *, augment: bool, desc: str | None = None):
+        batches = tqdm(loader, desc=desc, leave=False, disable=not (self.progress and desc), file=sys.stderr)
+        for images, labels in batches:
+            yield self._batch_to_device(images, labels, augment=augment)
+
+    def _feature_batches(self, split: str, generator: torch.Generator | None = None):
+        """Batches of cached features: shuffled, one random view of each image per epoch, when training."""
+        bank, samples = self.feature_banks()[split], getattr(self, f"{split}_samples")
+        labels = torch.tensor([label for _, label in samples])
+        if generator is not None:
+            order = torch.randperm(len(samples), generator=generator)
+            views = torch.randint(bank.views, (len(samples),), generator=generator)
+        else:
+            order, views = torch.arange(len(samples)), torch.zeros(len(samples), dtype=torch.long)
+        for first in range(0, len(samples), self.config.batch_size):
+            chosen = order[first:first + self.config.batch_size]
+            features = bank.gather(chosen, views[chosen]).to(self.device, non_blocking=True)
+            yield features, labels[chosen].to(self.device, non_blocking=True)
 
     def train_one_epoch(self) -> dict[str, float]:
         config, epoch = self.config, self.epoch
         self.model.train()
         self.loader_generator.manual_seed(config.seed * 1_000_003 + epoch)
+        self.augment_generator.manual_seed(config.seed * 1_000_003 + epoch)
+        head_only = self.head_only()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         steps = len(self.train_loader)
-        batches = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                       disable=not self.progress, file=sys.stderr)
+        batches = (self._feature_batches("train", self.loader_generator) if head_only else
+                   self._image_batches(self.train_loader, augment=True, desc=f"epoch {epoch + 1}/{config.epochs}"))
         start = time.perf_counter()
-        for step, (images, labels) in enumerate(batches):
-            images, labels = self._to_device(images, labels)
+        for step, (inputs, labels) in enumerate(batches):
             factor = lr_factor(config, epoch, step, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             with self._autocast():
-                logits = self.model(images)
+                logits = self.model.fc(inputs) if head_only else self.forward(inputs)
                 loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -200,6 +238,8 @@ class Trainer:
             loss_sum += loss.detach().float() * labels.numel()
             correct += (logits.argmax(1) == labels).sum()
             seen += labels.numel()
+            if step == 0 and self.first_step_at is None:
+                self.first_step_at = time.time()  # trial turnover is measured up to here
         seconds = time.perf_counter() - start
         train_loss = loss_sum.item() / max(seen, 1)
         if not math.isfinite(train_loss):
@@ -210,19 +250,21 @@ class Trainer:
             "images_per_second": seen / seconds if seconds > 0 else 0.0,
         }
 
-    @torch.no_grad()
     def evaluate(self, loader, prefix: str = "val") -> dict[str, float]:
         """Loss, accuracy (and top-5 with 10+ classes) of the model on `loader`."""
+        return self._evaluate(self._image_batches(loader, augment=False), prefix)
+
+    @torch.no_grad()
+    def _evaluate(self, batches, prefix: str, head_only: bool = False) -> dict[str, float]:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         correct5 = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         top5 = len(self.classes) >= 10
-        for images, labels in loader:
-            images, labels = self._to_device(images, labels)
+        for inputs, labels in batches:
             with self._autocast():
-                logits = self.model(images)
+                logits = self.model.fc(inputs) if head_only else self.forward(inputs)
             loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
             correct += (logits.argmax(1) == labels).sum()
             if top5:
@@ -233,6 +275,57 @@ class Trainer:
             metrics[f"{prefix}_top5"] = correct5.item() / max(seen, 1)
         return metrics
 
+    def validate(self) -> dict[str, float]:
+        """Validation metrics, from cached features when the backbone is frozen."""
+        if self.head_only():
+            return self._evaluate(self._feature_batches("val"), "val", head_only=True)
+        return self.evaluate(self.val_loader)
+
+    # --- the frozen-feature cache ---
+
+    def feature_banks(self) -> dict[str, cache.FeatureBank]:
+        """The node's cached backbone features of the training views and of the validation images."""
+        if self._banks is None:
+            views = 1 if self.config.aug_strength == 0 else self.config.feature_views
+            self._banks = {"train": self._feature_bank(self.train_samples, self.config.aug_strength, views),
+                           "val": self._feature_bank(self.val_samples, 0.0, 1)}
+        return self._banks
+
+    def _feature_bank(self, samples, aug_strength: float, views: int) -> cache.FeatureBank:
+        config = self.config
+        # Everything the features depend on: the files, the decoding, the model and its exact weights
+        # (random init depends on the seed), the view transforms and the precision they ran in.
+        weights = {k: self.weights.get(k) for k in ("name", "sha256")}
+        key = cache.key_of(cache.FEATURES_FORMAT, cache.file_identity([p for p, _ in samples]), config.image_cache,
+                           config.model, weights, config.seed if config.weights == "none" else None,
+                           config.image_size, aug_strength, views, str(self.amp_dtype), self.normalization)
+        shape = (len(samples), views, self.model.fc.in_features)
+        return cache.feature_bank(key, shape, lambda array: self._compute_features(samples, aug_strength, array))
+
+    @torch.no_grad()
+    def _compute_features(self, samples, aug_strength: float, array) -> None:
+        """Fill array[i, v] with the backbone's features of view v of image i (view v is seeded by v alone)."""
+        crop = data.crop_transforms(image_size=self.config.image_size, aug_strength=aug_strength)
+        augment = BatchAugment(aug_strength=aug_strength, **self.normalization)
+        was_training = self.model.training
+        self.model.eval()  # the frozen backbone is in eval mode in training too: the same features
+        for view in range(array.shape[1]):
+            # Seeded by the view alone, so every trial on the node computes (and shares) the same bank;
+            # fork_rng keeps the trainer's own random state untouched, as exact resume needs.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(view)
+                generator = torch.Generator().manual_seed(view)
+                loader = self._loader(samples, crop, shuffle=False, generator=generator)
+                first = 0
+                for images, _ in loader:
+                    images = images.to(self.device, non_blocking=True)
+                    inputs = augment(images, generator).contiguous(memory_format=torch.channels_last)
+                    with self._autocast():
+                        features = self.model.features(inputs)
+                    array[first:first + len(features), view] = features.float().cpu().numpy()
+                    first += len(features)
+        self.model.train(was_training)
+
     def run_epoch(self) -> dict[str, Any]:
         """Train and validate one epoch; returns its metrics (`improved` says whether it is the new best)."""
         start = time.perf_counter()
@@ -240,7 +333,7 @@ class Trainer:
             self._unfreeze_to(self.target_depth(self.epoch))
         metrics: dict[str, Any] = {"epoch": self.epoch + 1}
         metrics.update(self.train_one_epoch())
-        metrics.update(self.evaluate(self.val_loader))
+        metrics.update(self.validate())
         metrics.update({f"lr/{g['stage']}": g["lr"] for g in self.optimizer.param_groups})  # at the last step
         metrics["unfrozen_stages"] = self.depth
         metrics["epoch_seconds"] = time.perf_counter() - start

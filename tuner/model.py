@@ -7,7 +7,9 @@ Stages, from the input upwards: stem (conv1 + bn1), layer1 .. layer4, then the h
 
 from __future__ import annotations
 
+import copy
 import hashlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,15 @@ class TransferResNet(ResNet):
     trained_depth: int = 0
     bn_mode: str = "train"
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled backbone output that the head sees: forward(x) == fc(features(x))."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
     def train(self, mode: bool = True) -> TransferResNet:
         super().train(mode)
         if mode:
@@ -88,13 +99,38 @@ def build_model(config: TrainConfig, num_classes: int) -> tuple[TransferResNet, 
     """The configured ResNet with its weights loaded and a new head; returns (model, weights provenance)."""
     if config.model not in MODELS:
         raise UserError(f"model={config.model!r} is not supported; choose one of {', '.join(MODELS)}")
-    torch.manual_seed(config.seed)  # random init and the new head are the same in every run with this seed
-    block, layers = _ARCHITECTURES[config.model]
-    model = TransferResNet(block, layers)
-    provenance = load_backbone_weights(model, config.model, config.weights)
+    backbone, provenance, rng_state = _backbone(config.model, config.weights, config.seed)
+    model = copy.deepcopy(backbone)
+    torch.set_rng_state(rng_state)  # the new head is drawn exactly as right after a fresh build
     model.fc = DropoutLinear(model.fc.in_features, num_classes, config.dropout)
     set_trained_depth(model, 0, config.bn_mode)
-    return model, provenance
+    return model, dict(provenance)
+
+
+_BACKBONES: OrderedDict[tuple, tuple[TransferResNet, dict[str, Any], torch.Tensor]] = OrderedDict()
+KEEP_BACKBONES = 2  # a process that runs trial after trial (Ray's reused actors) keeps the last few
+
+
+def _backbone(name: str, weights: str, seed: int) -> tuple[TransferResNet, dict[str, Any], torch.Tensor]:
+    """A built and loaded backbone, with the RNG state that followed its build; kept for the next trial.
+
+    Initialising a ResNet-50 and reading its weights file take most of a second; copying a kept one
+    takes a few milliseconds, which is much of what makes one trial follow another quickly.
+    """
+    # Keyed by the weights file's identity too: a replaced file or another TORCH_HOME is a new backbone.
+    path = imagenet_cache_path(name)[1] if weights == "imagenet" else Path(weights).expanduser()
+    source = (str(path), path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else str(path)
+    key = (name, weights, source, seed)
+    if key not in _BACKBONES:
+        torch.manual_seed(seed)  # random init and the new head are the same in every run with this seed
+        block, layers = _ARCHITECTURES[name]
+        model = TransferResNet(block, layers)
+        provenance = load_backbone_weights(model, name, weights)
+        _BACKBONES[key] = (model, provenance, torch.get_rng_state())
+        while len(_BACKBONES) > KEEP_BACKBONES:
+            _BACKBONES.popitem(last=False)
+    _BACKBONES.move_to_end(key)
+    return _BACKBONES[key]
 
 
 def load_backbone_weights(model: ResNet, name: str, weights: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class RunSettings:
     time_budget: float | None = None  # seconds; then Ray stops the search, running trials included
     seed: int = 0
     early_stopping: bool = True  # False: no ASHA, every trial runs max_epochs (a baseline for ASHA's savings)
+    reuse_workers: bool = True  # run trial after trial in one Ray worker process (fast turnover)
     max_failures: int = 2  # a crashed trial restarts from its last checkpoint this many times
     demo_data: bool = False
     storage: str = "runs"

@@ -6,9 +6,7 @@ folder URI is written through pyarrow.fs. Plain paths stay plain paths and are u
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from .cache import cache_root, node_lock
 from .errors import UserError
 
 _COMPLETE = ".tuner-complete"  # written last: a folder without it is an interrupted fetch
@@ -25,28 +24,11 @@ def is_uri(location: str) -> bool:
     return "://" in str(location)
 
 
-def cache_root() -> Path:
-    """Node-local cache of fetched datasets: $TUNER_CACHE, else ~/.cache/tuner."""
-    return Path(os.environ.get("TUNER_CACHE", Path.home() / ".cache" / "tuner")).expanduser()
-
-
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
         raise UserError(f"cannot open {uri!r} ({err}); pass a folder or a URI such as s3://bucket/prefix") from None
-
-
-@contextmanager
-def _node_lock(path: Path):
-    """An exclusive lock shared by every process on this node (trials starting at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def local_data(location: str) -> Path:
@@ -56,7 +38,7 @@ def local_data(location: str) -> Path:
     target = cache_root() / "data" / hashlib.sha256(location.encode()).hexdigest()[:16]
     if (target / _COMPLETE).is_file():
         return target
-    with _node_lock(target.with_suffix(".lock")):
+    with node_lock(target.with_suffix(".lock")):
         if (target / _COMPLETE).is_file():  # another trial fetched it while we waited
             return target
         fs, path = filesystem(location)

@@ -5,7 +5,9 @@ Data and run settings are bound with `tune.with_parameters`, never put in the hy
 
 from __future__ import annotations
 
+import gc
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +42,21 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: data.Imag
     if checkpoint is not None:
         trainer.load_state_dict(load_trainer_state(checkpoint))
     node = ray.get_runtime_context().get_node_id()
-    while trainer.epoch < hyperparameters.epochs:
-        metrics = trainer.run_epoch()
-        with tempfile.TemporaryDirectory() as folder:
-            # Lean: no copy of the best weights; Ray keeps the best-scoring checkpoint by the metric.
-            save_torch(trainer.state_dict(include_best=False), Path(folder) / TRAINER_STATE)
-            tune.report({**metrics, "node": node}, checkpoint=tune.Checkpoint.from_directory(folder))
+    try:
+        while trainer.epoch < hyperparameters.epochs:
+            metrics = trainer.run_epoch()
+            # Wall-clock times: the report's time axis, and the trial turnover that bench/search.py measures.
+            times = {"first_step_at": trainer.first_step_at, "reported_at": time.time()}
+            with tempfile.TemporaryDirectory() as folder:
+                # Lean: no copy of the best weights; Ray keeps the best-scoring checkpoint by the metric.
+                save_torch(trainer.state_dict(include_best=False), Path(folder) / TRAINER_STATE)
+                tune.report({**metrics, **times, "node": node}, checkpoint=tune.Checkpoint.from_directory(folder))
+    finally:
+        # Ray reuses this worker process for the next trial: leave it nothing to hold on to.
+        del trainer
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
 
 
 def load_trainer_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:

@@ -1,0 +1,234 @@
+"""Augmentation of whole batches on the training device, with random parameters drawn per image.
+
+The loader only crops and flips (data.crop_transforms) and hands over uint8 batches; everything else
+runs here, vectorised over the batch: on the GPU when the trial has one, and on a CPU still far
+cheaper than transforming one image at a time (torchvision's tensor ops cost 0.2-4 ms per small image,
+hue alone 0.6 ms at 64 px). Parameters come from a seeded CPU generator, so a batch is augmented the
+same way on any device and a resumed run repeats its augmentation.
+
+For `aug_strength` s > 0, in this order:
+    rotation        uniform +-30 s degrees
+    colour jitter   brightness, contrast, saturation factors in 1 +- 0.4 s; hue shift +-0.1 s turns
+    RandAugment     from s >= 0.5: 2 ops per image, magnitude round(9 s) of 30, torchvision's op list
+                    and ranges (shear, translate, rotate, brightness, colour, contrast, sharpness,
+                    posterize, solarize, autocontrast, equalize, identity)
+Every geometric op (the rotation and RandAugment's shear/translate/rotate) is composed into one affine
+resampling of the crop, applied before the colour ops; empty corners are black, as in torchvision.
+Hue is shifted by turning the chroma plane in YIQ space, which keeps each pixel's luma: cheap, and
+close to torchvision's HSV shift for muted colours, but not equal to it for vivid ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+RANDAUGMENT_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness",
+                   "color", "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
+_SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color", "contrast",
+           "sharpness"}
+BINS = 31  # torchvision's RandAugment magnitude bins: magnitude m of 30 takes the m-th of 31 values
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_GREY = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+
+
+def randaugment_magnitude(aug_strength: float) -> int:
+    return math.floor(9 * aug_strength + 0.5)  # halves round up: 0.5 -> 5, 0.75 -> 7
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float, scaled to [0, 1] and normalised per channel."""
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+class BatchAugment:
+    """uint8 batch -> augmented, normalised float batch; `aug_strength` 0 only normalises."""
+
+    def __init__(self, *, aug_strength: float, mean, std):
+        self.strength, self.mean, self.std = aug_strength, mean, std
+        self.ops = 2 if aug_strength >= 0.5 else 0
+        self.magnitude = randaugment_magnitude(aug_strength)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.strength == 0:
+            return normalize(images, self.mean, self.std)
+        n, s = images.shape[0], self.strength
+        params = _draw(n, s, self.ops, generator)
+        x = images.float() / 255
+        x = _resample(x, self._geometry(params, x.shape[-1]))
+        x = _jitter(x, params["brightness"], params["contrast"], params["saturation"], params["hue"])
+        for slot in range(self.ops):
+            x = self._colour_op(x, params["op"][:, slot], params["sign"][:, slot])
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def _value(self, low: float, high: float) -> float:
+        return low + (high - low) * self.magnitude / (BINS - 1)
+
+    def _geometry(self, params, width: int) -> torch.Tensor:
+        """(N, 3, 3) forward maps in normalised coordinates: jitter rotation, then the RandAugment ops."""
+        matrices = _rotation(params["rotation"])
+        for slot in range(self.ops):
+            op, sign = params["op"][:, slot], params["sign"][:, slot]
+            step = torch.eye(3).repeat(len(op), 1, 1)
+            shear = self._value(0, 0.3) * sign
+            shift = 2 * self._value(0, 150 / 331) * sign  # a fraction of the width; [-1, 1] spans 2
+            step[:, 0, 1] = torch.where(op == RANDAUGMENT_OPS.index("shear_x"), shear, 0.0)
+            step[:, 1, 0] = torch.where(op == RANDAUGMENT_OPS.index("shear_y"), shear, 0.0)
+            step[:, 0, 2] = torch.where(op == RANDAUGMENT_OPS.index("translate_x"), shift, 0.0)
+            step[:, 1, 2] = torch.where(op == RANDAUGMENT_OPS.index("translate_y"), shift, 0.0)
+            degrees = torch.where(op == RANDAUGMENT_OPS.index("rotate"), self._value(0, 30) * sign, 0.0)
+            matrices = _rotation(degrees) @ step @ matrices
+        return matrices
+
+    def _colour_op(self, x: torch.Tensor, op: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        """Apply each image's chosen RandAugment colour op (only to the images that chose it)."""
+        factor = (1 + self._value(0, 0.9) * sign).to(x.device)
+        bits = 8 - round(self.magnitude / ((BINS - 1) / 4))
+        threshold = self._value(1.0, 0.0)
+        ops = {
+            "brightness": lambda x, f: _brightness(x, f),
+            "color": lambda x, f: _saturation(x, f),
+            "contrast": lambda x, f: _contrast(x, f),
+            "sharpness": lambda x, f: _sharpness(x, f),
+            "posterize": lambda x, f: _posterize(x, bits),
+            "solarize": lambda x, f: torch.where(x >= threshold, 1 - x, x),
+            "autocontrast": lambda x, f: _autocontrast(x),
+            "equalize": lambda x, f: _equalize(x),
+        }
+        op = op.to(x.device)
+        out = x.clone()
+        for name, apply in ops.items():
+            chosen = (op == RANDAUGMENT_OPS.index(name)).nonzero().flatten()
+            if len(chosen):
+                out[chosen] = apply(x[chosen], factor[chosen])
+        return out
+
+
+def _draw(n: int, s: float, ops: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def uniform(low, high, *shape):
+        return low + (high - low) * torch.rand(*(shape or (n,)), generator=generator)
+
+    return {
+        "rotation": uniform(-30 * s, 30 * s),
+        "brightness": uniform(1 - 0.4 * s, 1 + 0.4 * s),
+        "contrast": uniform(1 - 0.4 * s, 1 + 0.4 * s),
+        "saturation": uniform(1 - 0.4 * s, 1 + 0.4 * s),
+        "hue": uniform(-0.1 * s, 0.1 * s),
+        "op": torch.randint(len(RANDAUGMENT_OPS), (n, ops), generator=generator),
+        "sign": torch.where(torch.rand(n, ops, generator=generator) < 0.5, -1.0, 1.0),
+    }
+
+
+def _rotation(degrees: torch.Tensor) -> torch.Tensor:
+    radians = degrees * math.pi / 180
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    matrices = torch.eye(3).repeat(len(degrees), 1, 1)
+    matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 1, 0], matrices[:, 1, 1] = cos, -sin, sin, cos
+    return matrices
+
+
+def _resample(x: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
+    """Warp every image by its forward map (square images, normalised coordinates); skip identities."""
+    moved = (forward - torch.eye(3)).abs().flatten(1).amax(1) > 1e-6
+    if not moved.any():
+        return x
+    theta = torch.linalg.inv(forward)[:, :2].to(x.device, x.dtype)  # grid_sample maps output -> input
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _per_image(values: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, 1, 1, 1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (other + _per_image(factor) * (x - other)).clamp(0, 1)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = _GREY.tolist()
+    return r * x[:, 0:1] + g * x[:, 1:2] + b * x[:, 2:3]  # 4x faster than an einsum on a CPU
+
+
+def _brightness(x, factor):
+    return (x * _per_image(factor)).clamp(0, 1)
+
+
+def _contrast(x, factor):
+    return _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def _saturation(x, factor):
+    return _blend(x, _grey(x), factor)
+
+
+def _jitter(x, brightness, contrast, saturation, hue) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue as one colour matrix and offset per image, clamped once.
+
+    Each of the four is linear in the colour, so composing them costs one pass over the pixels instead
+    of four (torchvision clamps after each; this clamps at the end).
+    """
+    n = len(brightness)
+    grey = _GREY.view(1, 3).expand(n, 3)
+    saturate = saturation.view(n, 1, 1) * torch.eye(3) + (1 - saturation).view(n, 1, 1) * grey.view(n, 1, 3)
+    matrices = (contrast * brightness).view(n, 1, 1) * _hue_matrices(hue) @ saturate
+    # Contrast pulls towards the mean grey of the brightened image; grey stays grey under the rest.
+    offset = (1 - contrast) * brightness * _grey(x).mean(dim=(1, 2, 3)).cpu()
+    x = torch.einsum("nij,njhw->nihw", matrices.to(x.device, x.dtype), x)
+    return (x + _per_image(offset.to(x.device, x.dtype))).clamp(0, 1)
+
+
+def _hue_matrices(turns: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) RGB maps that rotate the chroma plane (I, Q of YIQ) by `turns` of the colour wheel."""
+    angle = -2 * math.pi * turns  # the sign that matches torchvision's adjust_hue
+    rotate = torch.zeros(len(turns), 3, 3)
+    rotate[:, 0, 0] = 1
+    rotate[:, 1, 1], rotate[:, 1, 2] = torch.cos(angle), -torch.sin(angle)
+    rotate[:, 2, 1], rotate[:, 2, 2] = torch.sin(angle), torch.cos(angle)
+    return torch.linalg.inv(_RGB_TO_YIQ) @ rotate @ _RGB_TO_YIQ
+
+
+
+
+
+def _sharpness(x, factor):
+    """PIL's sharpness: blend with a 3x3 smoothed copy whose border pixels are left as they are."""
+    # PIL's SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 = (9 * box mean + 4 * centre) / 13;
+    # a box filter is several times faster than a grouped convolution on a CPU.
+    smooth = x.clone()
+    smooth[..., 1:-1, 1:-1] = (9 * F.avg_pool2d(x, 3, stride=1) + 4 * x[..., 1:-1, 1:-1]) / 13
+    return _blend(x, smooth, factor)
+
+
+def _posterize(x, bits: int):
+    step = 2 ** (8 - bits)
+    return torch.floor(x * 255 / step) * step / 255
+
+
+def _autocontrast(x):
+    low = x.amin(dim=(2, 3), keepdim=True)
+    high = x.amax(dim=(2, 3), keepdim=True)
+    scale = torch.where(high > low, 1 / (high - low).clamp_min(1e-8), 1.0)
+    low = torch.where(high > low, low, 0.0)
+    return ((x - low) * scale).clamp(0, 1)
+
+
+def _equalize(x):
+    """Histogram equalisation per image and channel, as torchvision computes it on uint8 values."""
+    n, c, h, w = x.shape
+    values = (x * 255).round().long().view(n * c, h * w)
+    hist = torch.zeros(n * c, 256, device=x.device).scatter_add_(1, values, torch.ones_like(values, dtype=torch.float))
+    last = hist.gather(1, (values.amax(1, keepdim=True)))  # count of the largest value present
+    step = torch.div(hist.sum(1, keepdim=True) - last, 255, rounding_mode="floor")
+    lut = torch.div(hist.cumsum(1) + torch.div(step, 2, rounding_mode="floor"), step.clamp_min(1),
+                    rounding_mode="floor")
+    lut = torch.cat([torch.zeros_like(lut[:, :1]), lut[:, :-1]], 1).clamp(0, 255)
+    equalized = lut.gather(1, values) / 255
+    same = (step == 0).expand_as(equalized)  # one value only: torchvision leaves the channel alone
+    return torch.where(same, values / 255, equalized).view(n, c, h, w)
