@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tuner import data
+from tuner import cache, data
 from tuner.checkpoint import load_checkpoint
 from tuner.demo_data import write_demo_data
 from tuner.results import evaluate_payload
@@ -74,6 +74,19 @@ def test_asha_stops_weak_trials_early(finished):
     assert "stopped early by ASHA" in output
     epochs = pq.read_table(run / "epochs.parquet").to_pylist()
     assert len(epochs) == sum(row["epochs"] for row in trials)
+
+
+def test_trials_reuse_worker_processes_and_share_the_node_cache(finished, node_cache, setup):
+    run, _ = finished
+    pids = set()
+    for result in run.glob("trial_*/result.json"):
+        pids |= {json.loads(line)["pid"] for line in result.read_text().splitlines() if line.strip()}
+    assert len(pids) <= 2  # two trials at a time: two worker processes ran all six trials
+    # The trials read the splits from the node's decoded-image cache (32 px crops: shorter side 37).
+    splits = data.load_splits(setup / "data")
+    for samples in (splits.train, splits.val):
+        key = cache.key_of(cache.IMAGES_FORMAT, data.resize_size(32), cache.file_identity([p for p, _ in samples]))
+        assert (node_cache / "images" / key / "pixels.u8").is_file()
 
 
 def test_best_is_the_best_epoch_and_reproduces_its_val_acc(finished, setup):

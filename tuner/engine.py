@@ -129,7 +129,7 @@ class Trainer:
         self.best_metrics: dict[str, Any] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
-        self.first_step_at: float | None = None  # wall-clock time of the first training step
+        self.first_step_at: float | None = None  # wall-clock time the first training step began
         self._banks: dict[str, cache.FeatureBank] | None = None
 
     def _build_loaders(self, splits: data.ImageSplits, num_workers: int) -> None:
@@ -224,6 +224,8 @@ class Trainer:
                    self._image_batches(self.train_loader, augment=True, desc=f"epoch {epoch + 1}/{config.epochs}"))
         start = time.perf_counter()
         for step, (inputs, labels) in enumerate(batches):
+            if self.first_step_at is None:
+                self.first_step_at = time.time()  # the first batch is on the device: training starts
             factor = lr_factor(config, epoch, step, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
@@ -238,8 +240,6 @@ class Trainer:
             loss_sum += loss.detach().float() * labels.numel()
             correct += (logits.argmax(1) == labels).sum()
             seen += labels.numel()
-            if step == 0 and self.first_step_at is None:
-                self.first_step_at = time.time()  # trial turnover is measured up to here
         seconds = time.perf_counter() - start
         train_loss = loss_sum.item() / max(seen, 1)
         if not math.isfinite(train_loss):
