@@ -165,12 +165,10 @@ def feature_bank(key: str, shape: tuple[int, int, int], compute: Callable[[np.nd
     """The bank stored under `key`; if absent, `compute(array)` fills a new (images, views, dim) array."""
 
     def build(folder: Path) -> None:
-        array = np.lib.format.open_memmap(folder / "tmp.npy", mode="w+", dtype=np.float32, shape=shape)
+        array = np.memmap(folder / "features.f32", dtype=np.float32, mode="w+", shape=shape)
         compute(array)
         array.flush()
-        array.tofile(folder / "features.f32")
         del array
-        (folder / "tmp.npy").unlink()
         (folder / "shape.json").write_text(json.dumps({"shape": list(shape)}))
 
     return FeatureBank(publish(cache_root() / "features" / key, build))
@@ -190,7 +188,7 @@ def cache_usage() -> dict[str, tuple[int, int]]:
     usage = {}
     for kind in KINDS:
         folder = cache_root() / kind
-        entries = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+        entries = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")] if folder.is_dir() else []
         usage[kind] = (len(entries), sum(_size(p) for p in entries))
     return usage
 
