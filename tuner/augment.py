@@ -40,9 +40,14 @@ def randaugment_magnitude(aug_strength: float) -> int:
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float, scaled to [0, 1] and normalised per channel."""
-    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
+    return _standardize(images.float() / 255, mean, std)
+
+
+def _standardize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Float images in [0, 1] -> (x - mean) / std per channel."""
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 class BatchAugment:
@@ -63,9 +68,7 @@ class BatchAugment:
         x = _jitter(x, params["brightness"], params["contrast"], params["saturation"], params["hue"])
         for slot in range(self.ops):
             x = self._colour_op(x, params["op"][:, slot], params["sign"][:, slot])
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return _standardize(x, self.mean, self.std)
 
     def _value(self, low: float, high: float) -> float:
         return low + (high - low) * self.magnitude / (BINS - 1)
