@@ -187,7 +187,7 @@ def seed_val_acc(model, loader, device) -> float:
 
 def build_ours(splits, size: int, args, epochs: int = 1) -> Trainer:
     config = make_config({**SEED_RECIPE, "weights": "none", "image_size": size, "batch_size": BATCH_SIZE,
-                          "epochs": epochs})
+                          "epochs": epochs, "compile": args.compile})
     return Trainer(config, splits, device=args.device, num_workers=args.workers)
 
 
@@ -312,12 +312,18 @@ def compare_loaders(splits, size: int, args, photo_folder: Path | None = None) -
     uncached = Trainer(make_config({**cached.config.to_dict(), "image_cache": False}), splits,
                        device=args.device, num_workers=0)
     seed = seed_loader(samples, seed_train_transform(size), 0)
+    def augmented(trainer):
+        return lambda images: trainer._batch_to_device(images, images, augment=True)
+
+    uncached_loader, cached_loader = train_loader_of(uncached, samples), train_loader_of(cached, samples)
+    # The loader's own work (uint8 crops, as a GPU trial receives them) and, on a CPU trial, the batch
+    # augmentation that follows it in the training process.
     variants = {
         "seed: PIL decode + PIL transforms per image": (seed, lambda images: None),
-        "ours, no cache: PIL decode + crop, batch augment": (
-            train_loader_of(uncached, samples), lambda images: uncached._batch_to_device(images, images, augment=True)),
-        "ours, cache: decoded once + crop, batch augment": (
-            train_loader_of(cached, samples), lambda images: cached._batch_to_device(images, images, augment=True)),
+        "ours, no cache: PIL decode + crop": (uncached_loader, lambda images: None),
+        "ours, cache: decoded once + crop": (cached_loader, lambda images: None),
+        "ours, no cache: PIL decode + crop, batch augment": (uncached_loader, augmented(uncached)),
+        "ours, cache: decoded once + crop, batch augment": (cached_loader, augmented(cached)),
     }
     rates = {name: [] for name in variants}
     for _ in range(args.rounds):
@@ -328,10 +334,13 @@ def compare_loaders(splits, size: int, args, photo_folder: Path | None = None) -
     print(f"\nloader images/s on 1 core from {files}, {size} px, aug_strength {cached.config.aug_strength} "
           f"(median of {args.rounds} rounds of {len(samples)} images)")
     base = statistics.median(rates[next(iter(rates))])
-    uncached_rate = statistics.median(rates["ours, no cache: PIL decode + crop, batch augment"])
     for name, values in rates.items():
         rate = statistics.median(values)
-        print(f"  {name:<52}{rate:>8.0f}   x{rate / base:.2f} vs seed   x{rate / uncached_rate:.2f} vs no cache")
+        line = f"  {name:<52}{rate:>8.0f}   x{rate / base:.2f} vs seed"
+        if name.startswith("ours, cache"):
+            uncached_rate = statistics.median(rates[name.replace("ours, cache: decoded once", "ours, no cache: PIL decode")])
+            line += f"   x{rate / uncached_rate:.2f} vs no cache"
+        print(line)
 
 
 # --- peak memory ---------------------------------------------------------------------------------
@@ -446,15 +455,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--data", type=Path, default=None, metavar="DIR",
                         help="image folder to train on (None: the demo data, written to a temporary folder)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="image sizes in px")
-    parser.add_argument("--batches", type=int, nargs="+", default=[12, 3],
-                        help="timed batches of 32 per round, one per size (or one for all sizes)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[64, 224],
+                        help="image sizes in px of the training rounds (none: skip them)")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="timed batches of 32 per round, one per size or one for all sizes "
+                             "(default: 12 at 64 px and below, else 3)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating seed/ours rounds per size")
     parser.add_argument("--workers", type=int, default=0,
                         help="DataLoader workers, the same for both sides (0: the cores go to the model)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N; the same for both sides")
     parser.add_argument("--accuracy-epochs", type=int, default=0,
                         help=f"also train each side N full epochs at {ACCURACY_SIZE} px and compare val accuracy; 0 skips it")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile our model (the first warm-up batch then takes a minute or more)")
     parser.add_argument("--freeze-seed-stem", action="store_true",
                         help="freeze conv1/bn1 in the seed loop too (the tutorial leaves them trainable)")
     parser.add_argument("--loader-sizes", type=int, nargs="*", default=[64, 224],
@@ -469,11 +482,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="training steps of the memory check (from the second on, Adam's state is held through the step)")
     parser.add_argument("--memory-child", choices=MEMORY_PRECISIONS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.batches is None:
+        args.batches = [12 if size <= 64 else 3 for size in args.sizes]
     if len(args.batches) == 1:
         args.batches *= len(args.sizes)
     if len(args.batches) != len(args.sizes):
         parser.error(f"--batches takes one value or one per size, but got {args.batches} for sizes {args.sizes}")
-    if min(args.batches) < 1 or args.rounds < 1:
+    if min(args.batches, default=1) < 1 or args.rounds < 1:
         parser.error(f"--batches and --rounds must be >= 1, but got {args.batches} and {args.rounds}")
     if args.workers < 0 or args.accuracy_epochs < 0:
         parser.error(f"--workers and --accuracy-epochs must be >= 0, but got {args.workers} and {args.accuracy_epochs}")
@@ -494,16 +509,17 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
     if args.memory == "only":
         compare_memory(data_dir, args.memory_steps)
         return
-    print(f"ours: {precision}, channels_last; seed: fp32, NCHW; workers {args.workers}; "
+    print(f"ours: {precision}, channels_last{', torch.compile' if args.compile else ''}; seed: fp32, NCHW; workers {args.workers}; "
           f"seed stem {'frozen' if args.freeze_seed_stem else 'trainable (as in the tutorial)'}\n", flush=True)
     results = []
     for size, batches in zip(args.sizes, args.batches):
         print(f"{size} px: {args.rounds} rounds of {batches} batches x {BATCH_SIZE} images per side", flush=True)
         results.append(measure_size(splits, size, batches, args))
-    print()
-    print("\n".join(summary_table(results)))
-    if hasattr(os, "getloadavg"):
-        print("load average at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
+    if results:
+        print()
+        print("\n".join(summary_table(results)))
+        if hasattr(os, "getloadavg"):
+            print("load average at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     for size in args.loader_sizes:
         compare_loaders(splits, size, args)
         with tempfile.TemporaryDirectory(prefix="tuner-bench-photos-") as folder:
