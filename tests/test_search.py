@@ -3,11 +3,13 @@
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
 
+import optuna
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -106,6 +108,37 @@ def test_tensorboard_event_files_exist_for_every_trial(finished):
     trial_dirs = [p for p in run.iterdir() if p.name.startswith("trial_")]
     assert len(trial_dirs) == 6
     assert all(list(d.glob("events.out.tfevents.*")) for d in trial_dirs)
+
+
+def _summary_plugins(event_file) -> set[str]:
+    """Names of the TensorBoard plugins (e.g. hparams) in one event file, read record by record."""
+    from tensorboardX.proto import event_pb2
+
+    data, pos, plugins = event_file.read_bytes(), 0, set()
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])  # TFRecord: length, its crc, data, data crc
+        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+        plugins |= {v.metadata.plugin_data.plugin_name for v in event.summary.value}
+        pos += 12 + length + 4
+    return plugins
+
+
+def test_tensorboard_holds_every_trials_hyperparameters(finished):
+    run, _ = finished
+    for trial_dir in (p for p in run.iterdir() if p.name.startswith("trial_")):
+        assert "hparams" in set().union(*map(_summary_plugins, trial_dir.glob("events.out.tfevents.*")))
+
+
+def test_the_optuna_study_is_stored_in_the_run_folder_and_matches_the_table(finished):
+    run, _ = finished
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'optuna.db'}")
+    trials = {row["trial_id"]: row for row in pq.read_table(run / "trials.parquet").to_pylist()}
+    assert study.study_name == "full" and len(study.trials) == len(trials) == 6
+    for trial in study.trials:
+        row = trials[trial.user_attrs["trial_id"]]
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.value == pytest.approx(row["val_acc"])  # the best epoch, as in the table
+        assert trial.params["lr_head"] == pytest.approx(row["lr_head"])
 
 
 def test_progress_lines_replace_rays_log(finished):

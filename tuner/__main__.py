@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    report = commands.add_parser("report", help="write RUN/report/index.html: figures and tables of a search",
+                                 formatter_class=_formatter)
+    report.add_argument("run", metavar="RUN", help="the run folder, STORAGE/NAME (finished or still running; a URI works)")
+
+    export = commands.add_parser("export", help="export the best model as TorchScript or ONNX, preprocessing recorded",
+                                 formatter_class=_formatter)
+    export.add_argument("run", metavar="RUN", help="a run folder, its best/ folder or a model.pt")
+    export.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="the file format")
+    export.add_argument("--out", required=True, help="the file to write, e.g. model.ts or model.onnx")
+
     check = commands.add_parser("check-data", help="inspect an image folder before training", formatter_class=_formatter)
     check.add_argument("data", metavar="DIR")
     check.add_argument("--val-fraction", type=float, default=0.2, help="val share when DIR has no val/ folder")
@@ -239,6 +249,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import summary_lines, write_report
+
+    index = write_report(args.run)
+    print("\n".join(summary_lines(args.run, index)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    metadata = export_model(args.run, args.format, args.out)
+    print(f"exported {args.format}: {args.out}")
+    print(f"  input: {metadata['input']}, {metadata['image_size']} px (resize the shorter side to "
+          f"{metadata['resize']}, centre crop); normalisation inside the model")
+    print(f"  classes: {', '.join(metadata['classes'])}; weights: {metadata['weights']['name']}")
+    return 0
+
+
 def cmd_check_data(args: argparse.Namespace) -> int:
     from .data import check_data
 
@@ -271,7 +300,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"search": cmd_search, "resume": cmd_resume, "train": cmd_train, "predict": cmd_predict,
-            "check-data": cmd_check_data, "demo-data": cmd_demo_data, "cache": cmd_cache}
+            "check-data": cmd_check_data, "demo-data": cmd_demo_data, "cache": cmd_cache, "report": cmd_report,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,17 +7,20 @@ resume needs: the space file's path (as the user named it), the run settings and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from . import data
+from .cache import cache_root
 from .checkpoint import save_json
-from .config import field_names, make_config
+from .config import field_names, is_better, make_config
 from .errors import UserError, first_line
 from .model import build_model, imagenet_cache_path
 from .settings import RunSettings
@@ -26,6 +29,7 @@ from .storage import exists, is_uri, join, local_data, read_file_text, run_locat
 from .trainable import train_trial
 
 RUN_RECORD = "tuner.json"
+STUDY_FILE = "optuna.db"  # the search's Optuna study (SQLite): optuna-dashboard and optuna.load_study read it
 DEMO_DATA_DIR = "demo-data"
 
 
@@ -114,6 +118,7 @@ def _init_ray(address: str | None) -> None:
         return
     kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
     if not address:
+        _listen_on_loopback_only()
         ray.init(include_dashboard=False, **kwargs)  # a local Ray needs no dashboard
         return
     try:
@@ -121,6 +126,20 @@ def _init_ray(address: str | None) -> None:
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise UserError(f"cannot join the Ray cluster at --address {address!r} ({first_line(err)[:200]}); "
                         f"check the address, or leave --address out for a local Ray") from None
+
+
+def _listen_on_loopback_only() -> None:
+    """Make the local Ray that ray.init starts listen on 127.0.0.1 only, not on every interface.
+
+    Ray binds its gRPC servers (GCS, raylet, workers, object manager) to the loopback interface when the
+    node's IP is the loopback one, which it picks when "clusters" are off: its default on macOS and
+    Windows, set here by the variable its child processes read and by the constant this process read
+    when Ray was imported. A cluster run (--address) never comes here.
+    """
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _check_resources(settings: RunSettings) -> None:
@@ -172,16 +191,73 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def study_path(run: str) -> Path:
+    """Where the run's Optuna study lives while it runs: RUN/optuna.db, or for a run at a URI a node-local
+    file that export_results copies into the run folder (SQLite needs a local file)."""
+    if not is_uri(run):
+        return Path(run) / STUDY_FILE
+    return cache_root() / "studies" / hashlib.sha256(run.encode()).hexdigest()[:16] / STUDY_FILE
+
+
+def _study_storage(run: str):
+    import optuna
+
+    path = study_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{path}")
+
+
+def _searcher(space: SearchSpace, settings: RunSettings, run: str, name: str):
+    """Optuna's TPE through Ray's OptunaSearch, its study stored in the run folder."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class RunStudySearch(OptunaSearch):
+        """OptunaSearch whose study matches trials.parquet: each Optuna trial is tagged with its Ray
+        trial_id, and its value is the trial's best epoch (Ray would tell Optuna the last one)."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self._best_values: dict[str, float] = {}  # kept in the searcher's saved state, for resume
+
+        def suggest(self, trial_id: str):
+            suggestion = super().suggest(trial_id)
+            if trial_id in self._ot_trials:
+                self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
+            return suggestion
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            super().on_trial_result(trial_id, result)
+            value = result.get(self.metric)
+            if value is not None and is_better(self.mode, value, self._best_values.get(trial_id)):
+                self._best_values[trial_id] = value
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if result and trial_id in self._best_values:
+                result = {**result, self.metric: self._best_values[trial_id]}
+            super().on_trial_complete(trial_id, result, error)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return RunStudySearch(
+        space=space.define_by_run(),
+        metric=settings.metric,
+        mode=settings.mode,
+        points_to_evaluate=[{**point, **space.fixed} for point in space.start] or None,
+        # constant_liar: running trials count as bad guesses, so parallel trials don't all pick one spot.
+        sampler=optuna.samplers.TPESampler(seed=settings.seed, constant_liar=True,
+                                           n_startup_trials=max(2, min(10, settings.trials // 3))),
+        study_name=name,
+        storage=_study_storage(run),
+    )
+
+
 def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]) -> Path:
     """Run a new search; returns the run folder (STORAGE/NAME)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-    import optuna
 
     from .progress import ProgressPrinter
-    from .results import export_results
 
     space, settings, splits, weights_choice = prepare(space_arg, flags, overrides)
     name = settings.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -191,22 +267,13 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
                         f"or pick another --name")
     _init_ray(settings.address)
     _check_resources(settings)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = OptunaSearch(
-        space=space.define_by_run(),
-        metric=settings.metric,
-        mode=settings.mode,
-        points_to_evaluate=[{**point, **space.fixed} for point in space.start] or None,
-        # constant_liar: running trials count as bad guesses, so parallel trials don't all pick one spot.
-        sampler=optuna.samplers.TPESampler(seed=settings.seed, constant_liar=True,
-                                           n_startup_trials=max(2, min(10, settings.trials // 3))),
-    )
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs,
                                grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
                  if settings.early_stopping else FIFOScheduler())
     with staged(run) as folder:
         save_json({"space": str(space.path), "settings": asdict(settings), "fixed": space.fixed,
                    "searched": space.searched, "weights_choice": weights_choice}, folder / RUN_RECORD)
+    searcher = _searcher(space, settings, run, name)
     printer = ProgressPrinter(settings.metric, settings.mode, settings.max_epochs, settings.trials)
     stopping = (f"ASHA grace {settings.grace_period}, reduction {settings.reduction_factor}"
                 if settings.early_stopping else "no early stopping")
@@ -230,8 +297,7 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
         run_config=_run_config(settings, name, printer),
     )
     grid = tuner.fit()
-    with staged(run) as folder:
-        export_results(grid, folder, settings, space.searched, splits, location=run)
+    _export(grid, run, settings, space.searched, splits)
     return run
 
 
@@ -250,8 +316,6 @@ def resume_search(run: str) -> str:
     """
     from ray import tune
 
-    from .results import export_results
-
     run = run if is_uri(run) else str(Path(run).expanduser().resolve())
     record = read_run_record(run)
     settings = RunSettings(**record["settings"])
@@ -265,6 +329,15 @@ def resume_search(run: str) -> str:
     tuner = tune.Tuner.restore(run, trainable=_trainable(settings, splits),
                                resume_unfinished=True, restart_errored=True)
     grid = tuner.fit()
-    with staged(run) as folder:
-        export_results(grid, folder, settings, record["searched"], splits, location=run)
+    _export(grid, run, settings, record["searched"], splits)
     return run
+
+
+def _export(grid, run: str, settings: RunSettings, searched: list[str], splits: data.ImageSplits) -> None:
+    """The tables, best/ and (for a run at a URI) the study into the run folder."""
+    from .results import export_results
+
+    with staged(run) as folder:
+        export_results(grid, folder, settings, searched, splits, location=run)
+        if is_uri(run):
+            shutil.copyfile(study_path(run), folder / STUDY_FILE)

@@ -1,0 +1,172 @@
+"""Export a trained checkpoint for serving without this package: TorchScript or ONNX.
+
+The exported model takes a float32 RGB batch (N, 3, S, S) in [0, 1], S = the checkpoint's image_size:
+each image's shorter side resized (bilinear, antialiased, as PIL does) to `data.resize_size(S)`, then
+centre-cropped to S, then scaled to [0, 1] (torchvision's ToTensor). Normalisation happens inside the
+model, so a server needs only resize + crop + ToTensor. It returns logits (softmax for probabilities).
+The file carries these facts as JSON (`preprocessing.json` extra file / ONNX metadata "preprocessing").
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import data
+from .checkpoint import atomic_write, load_checkpoint
+from .config import make_config
+from .errors import UserError, first_line
+from .model import build_model
+
+FORMATS = ("torchscript", "onnx")
+EXPORT_FORMAT = "tuner.export/1"  # bumped when the metadata's meaning changes
+METADATA_FILE = "preprocessing.json"  # TorchScript extra file
+METADATA_KEY = "preprocessing"  # ONNX metadata_props key
+ONNX_OPSET = 18
+
+
+class ServingModel(nn.Module):
+    """A classifier with its input normalisation built in: [0, 1] images -> logits."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict[str, Any]:
+    """Write the checkpoint at `model_path` (run folder, best/ or model.pt) to `out` as `fmt`.
+
+    Returns the metadata embedded in the file (what `read_metadata(out)` gives back). The write is
+    atomic: on any failure an existing `out` is left as it was.
+    """
+    out = Path(out)
+    if fmt not in FORMATS:
+        raise UserError(f"export format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
+    if out.is_dir():
+        suggestion = out / ("model.onnx" if fmt == "onnx" else "model.pt")
+        raise UserError(f"export target {str(out)!r} is a directory; pass a file path such as {str(suggestion)!r}")
+    if fmt == "onnx":
+        _require_onnx()
+    payload = load_checkpoint(model_path)
+    serving, metadata = serving_model(payload)
+    # Only its shape matters; zeros leave the caller's RNG alone. Batch 2: batch 1 could be specialised.
+    example = torch.zeros(2, 3, metadata["image_size"], metadata["image_size"])
+    if fmt == "torchscript":
+        _save_torchscript(serving, example, metadata, out)
+    else:
+        _save_onnx(serving, example, metadata, out)
+    return metadata
+
+
+def serving_model(payload: dict[str, Any]) -> tuple[ServingModel, dict[str, Any]]:
+    """The checkpoint's model (CPU, fp32, eval) wrapped with its normalisation, and its metadata."""
+    # The architecture comes from the checkpoint; its weights replace the random init (as in Predictor).
+    config = make_config({**payload["config"], "weights": "none"})
+    model, _ = build_model(config, len(payload["classes"]))
+    model.load_state_dict(payload["model"])
+    norm = payload["normalization"]
+    serving = ServingModel(model.float(), norm["mean"], norm["std"]).cpu().eval()
+    size = config.image_size
+    metadata = {
+        "format": EXPORT_FORMAT,
+        "model": config.model,
+        "classes": list(payload["classes"]),
+        "image_size": size,
+        "resize": data.resize_size(size),
+        "interpolation": "bilinear, antialiased",
+        "mean": list(norm["mean"]),
+        "std": list(norm["std"]),
+        "input": "float32 RGB in [0, 1], NCHW",
+        "preprocess": f"resize the shorter side to {data.resize_size(size)} px, centre-crop {size} px, "
+                      f"scale to [0, 1] (ToTensor); normalisation is inside the model",
+        "output": "logits; softmax for probabilities",
+        "weights": payload["weights"],
+        "epoch": payload["epoch"],
+        "metrics": {k: v for k, v in payload["metrics"].items() if k.startswith(("val_", "test_"))},
+    }
+    return serving, metadata
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata embedded by `export_model` in a TorchScript or ONNX file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no exported model at {str(path)!r}; pass a file written by tuner export")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic == b"PK\x03\x04":  # TorchScript files are zip archives; ONNX is protobuf
+        extra = {METADATA_FILE: ""}
+        try:
+            with _quiet_jit():
+                torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except RuntimeError as err:  # a zip that is not TorchScript, e.g. a torch.save checkpoint
+            raise UserError(f"{str(path)!r} is not a TorchScript file ({first_line(err)[:200]}); "
+                            f"pass a file written by tuner export") from None
+        text = extra[METADATA_FILE]
+    else:
+        _require_onnx()
+        import onnx
+
+        try:
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception as err:  # protobuf decode errors have no common public type
+            raise UserError(f"{str(path)!r} is neither a TorchScript nor an ONNX file ({first_line(err)})") from None
+        text = props.get(METADATA_KEY, "")
+    if not text:
+        raise UserError(f"{str(path)!r} has no tuner metadata; export it with tuner export")
+    return json.loads(text)
+
+
+def _save_torchscript(serving: ServingModel, example: torch.Tensor, metadata: dict, out: Path) -> None:
+    with _quiet_jit(), torch.no_grad():
+        traced = torch.jit.trace(serving, example)  # a plain conv net: tracing records every op
+        extra = {METADATA_FILE: json.dumps(metadata)}
+        atomic_write(out, lambda handle: torch.jit.save(traced, handle, _extra_files=extra))
+
+
+def _save_onnx(serving: ServingModel, example: torch.Tensor, metadata: dict, out: Path) -> None:
+    import onnx
+
+    # The dynamo exporter (torch.export + onnxscript); the batch dimension stays symbolic.
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.onnx.export(serving, (example,), dynamo=True, dynamic_shapes=({0: batch},),
+                                    input_names=["images"], output_names=["logits"],
+                                    opset_version=ONNX_OPSET, verbose=False)
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.checker.check_model(proto, full_check=True)
+    # Serialised in memory and written in one piece: a ResNet is far below protobuf's 2 GB limit.
+    atomic_write(out, lambda handle: handle.write(proto.SerializeToString()))
+
+
+def _require_onnx() -> None:
+    missing = []
+    for name in ("onnx", "onnxscript"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(f"ONNX export needs the {' and '.join(missing)} package(s), which are not installed; "
+                        f"pip install 'tuner[export]'")
+
+
+@contextmanager
+def _quiet_jit():
+    """Hide torch's "`torch.jit.*` is deprecated" FutureWarnings (TorchScript is still what servers load)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
