@@ -29,3 +29,131 @@ def test_a_nan_or_missing_metric_does_not_crash_the_search():
     printer.on_trial_result(0, [a], a, {"val_loss": float("nan"), "training_iteration": 1})
     printer.on_trial_result(0, [a], a, {"training_iteration": 2})
     assert "val_loss nan (trial best -, search best -)" in out.getvalue()
+
+
+def test_a_diverged_trial_is_reported_and_counted_as_diverged_not_stopped_early():
+    out = io.StringIO()
+    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=3, stream=out)
+    a, b = trial("a", status="TERMINATED", epochs=2), trial("b", status="TERMINATED", epochs=1)
+    c = trial("c", status="TERMINATED", epochs=3)
+    a.last_result.update(diverged=True, train_loss=float("nan"))
+    b.last_result.update(diverged=False)
+    for t in (a, b, c):
+        printer.on_trial_start(0, [a, b, c], t)
+    printer.on_trial_complete(0, [a, b, c], a)
+    printer.on_trial_complete(0, [a, b, c], b)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("trial 1 diverged (training loss nan) after 2 epochs")
+    assert "ASHA" not in lines[0]
+    assert lines[0].endswith("| running 0, stopped early 1, done 1, diverged 1 of 3")
+    assert lines[1].startswith("trial 2 stopped early by ASHA after 1 epochs")
+
+
+def test_no_diverged_count_while_no_trial_diverged():
+    out = io.StringIO()
+    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=1, stream=out)
+    a = trial("a", status="TERMINATED", epochs=3)
+    printer.on_trial_complete(0, [a], a)
+    assert out.getvalue().strip().endswith("trial ? completed after 3 epochs | running 0, stopped early 0, done 1 of 1")
+
+
+def test_a_warning_in_a_result_gets_its_own_line():
+    out = io.StringIO()
+    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=1, stream=out)
+    a = trial("a", epochs=2)
+    warning = "checkpoint /x/checkpoint_000001/trainer.pt is damaged; resumed from epoch 1"
+    printer.on_trial_result(0, [a], a, {"val_acc": 0.5, "training_iteration": 2, "warning": warning})
+    printer.on_trial_result(0, [a], a, {"val_acc": 0.6, "training_iteration": 3})
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"trial 1 warning: {warning}"
+    assert "epoch   2" in lines[1] and "epoch   3" in lines[2] and len(lines) == 3
+
+
+# What Ray writes to a trial's error.txt (Trial.handle_error): a header per failure, then the trace.
+ERROR_TXT = """Failure # 1 (occurred at 2025-01-01_10-00-00)
+ray::ImplicitFunc.train() (pid=123, ip=127.0.0.1, actor_id=abc, repr=train_trial)
+  File "/x/tuner/trainable.py", line 80, in train_trial
+    metrics = trainer.run_epoch()
+RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 1
+Failure # 2 (occurred at 2025-01-01_10-01-00)
+ray::ImplicitFunc.train() (pid=124, ip=127.0.0.1, actor_id=abd, repr=train_trial)
+  File "/x/tuner/trainable.py", line 80, in train_trial
+    metrics = trainer.run_epoch()
+RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 2
+
+"""
+
+
+def test_a_failed_trial_prints_its_error_not_a_path(tmp_path):
+    out = io.StringIO()
+    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=1, stream=out)
+    a = trial("a", status="ERROR", epochs=1)
+    a.error_file = str(tmp_path / "error.txt")
+    (tmp_path / "error.txt").write_text(ERROR_TXT)
+    printer.on_trial_start(0, [a], a)
+    printer.on_trial_error(0, [a], a)
+    assert out.getvalue().strip() == ("trial 1 failed after 1 epochs: RuntimeError: injected fault (TUNER_FAULT) "
+                                      "at epoch 2, step 2 | running 0, stopped early 0, done 0, errored 1 of 1")
+
+
+def test_the_error_comes_from_ray_storage_when_there_is_no_local_file(tmp_path):
+    out = io.StringIO()
+    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=1, stream=out)
+    a = trial("a", status="ERROR", epochs=0)
+    a.error_file = str(tmp_path / "gone.txt")
+    a.get_error = lambda: ERROR_TXT.split("Failure # 2")[0]
+    printer.on_trial_error(0, [a], a)
+    assert "failed after 0 epochs: RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 1 |" in out.getvalue()
+    b = trial("b", status="ERROR")
+    printer.on_trial_error(0, [b], b)
+    assert "failed after 0 epochs: no error message recorded |" in out.getvalue()
+
+
+def test_a_retried_trial_says_so_with_its_failure_count(tmp_path):
+    from ray import tune
+
+    assert hasattr(tune.Callback, "on_trial_recover")  # the hook Ray calls before it retries a trial
+    out = io.StringIO()
+    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=2, stream=out)
+    a, b = trial("a", status="PENDING", epochs=1), trial("b", status="PENDING")
+    a.error_file = str(tmp_path / "error.txt")
+    (tmp_path / "error.txt").write_text(ERROR_TXT.split("Failure # 2")[0])
+    a.num_failures, a.max_failures, a.checkpoint = 1, 2, object()
+    b.num_failures, b.max_failures, b.checkpoint = 3, -1, None
+    for t in (a, b):
+        printer.on_trial_start(0, [a, b], t)
+        printer.on_trial_recover(0, [a, b], t)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == ("trial 1 failed, restarting from its last checkpoint (failure 1 of 2): "
+                        "RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 1")
+    assert lines[1] == "trial 2 failed, restarting from the start, no checkpoint yet (failure 3, no limit)"
+
+
+def test_the_error_of_a_real_ray_trial_is_read_from_the_file_ray_writes(tmp_path):
+    """Ray's own Trial records two failures (as Trial.handle_error does in a search); the line is the last one's."""
+    import traceback
+
+    from ray.exceptions import RayTaskError
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    class LocalTrial(Trial):  # the driver's staging folder, without starting Ray
+        local_path = property(lambda self: str(tmp_path / "staging"))
+
+    storage = StorageContext(storage_path=str(tmp_path / "runs"), experiment_dir_name="x", trial_dir_name="trial_a")
+    real = LocalTrial("train_trial", stub=True, storage=storage, max_failures=1)
+    (tmp_path / "staging").mkdir()
+    out = io.StringIO()
+    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=1, stream=out)
+    for step, hook in ((1, printer.on_trial_recover), (2, printer.on_trial_error)):
+        try:
+            raise RuntimeError(f"injected fault (TUNER_FAULT) at epoch 2, step {step}")
+        except RuntimeError as err:
+            real.handle_error(RayTaskError("ImplicitFunc.train", traceback.format_exc(), err, pid=1, ip="127.0.0.1"))
+        hook(0, [real], real)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("trial ? failed, restarting from the start, no checkpoint yet (failure 1 of 1): "
+                               "RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 1")
+    assert lines[1].startswith("trial ? failed after 0 epochs: RuntimeError: injected fault (TUNER_FAULT) at "
+                               "epoch 2, step 2 |")
+    assert real.error_file not in out.getvalue()

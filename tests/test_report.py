@@ -1,6 +1,7 @@
 """`tuner report`: the HTML page and figures of a real search (local Ray, Optuna, ASHA; tiny data)."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -318,3 +319,154 @@ def test_a_folder_that_is_not_a_run_is_a_user_error(tmp_path, make):
         write_report(str(where))
     assert str(where) in str(err.value)
     assert not (tmp_path / "report").exists()
+
+
+# --- diverged and failed trials (tables written here: no search) ---------------------------------
+
+NAN = float("nan")
+RECORD = {"space": "space.py", "fixed": {"weights": "none"}, "searched": ["lr_head", "aug_strength"],
+          "settings": {"metric": "val_acc", "max_epochs": 3, "grace_period": 1, "reduction_factor": 2,
+                       "data": "/nowhere"}}
+WARNING = "checkpoint trial_c/checkpoint_000001/trainer.pt is damaged; resumed from epoch 1"
+DIVERGED_ERROR = "training diverged in epoch 2: loss is nan; lower the learning rates"
+
+
+def _epoch(trial_id, epoch, val_acc, **extra):
+    return {"trial_id": trial_id, "training_iteration": epoch, "epoch": epoch, "val_acc": val_acc,
+            "val_loss": NAN if math.isnan(val_acc) else 1.0 - val_acc, "train_loss": 1.0,
+            "reported_at": 1000.0 + 60 * epoch + ord(trial_id[-1]), "time_total_s": 60.0 * epoch,
+            "diverged": False, **extra}
+
+
+def _problem_epochs() -> dict[str, list[dict]]:
+    """a: completed; b: stopped early; c: diverged in epoch 2 (NaN val metrics); d: errored in epoch 1;
+    e: completed after resuming from an older checkpoint (a warning)."""
+    return {
+        "a": [_epoch("a", 1, 0.4), _epoch("a", 2, 0.5), _epoch("a", 3, 0.6)],
+        "b": [_epoch("b", 1, 0.2)],
+        "c": [_epoch("c", 1, 0.3), _epoch("c", 2, NAN, diverged=True, train_loss=NAN)],
+        "d": [],
+        "e": [_epoch("e", 1, 0.35), _epoch("e", 2, 0.45, warning=WARNING), _epoch("e", 3, 0.55)],
+    }
+
+
+def _problem_trials() -> list[dict]:
+    def row(trial_id, status, epochs, best_epoch, val_acc, lr, error=None, warning=None):
+        return {"trial_id": trial_id, "status": status, "epochs": epochs, "stopped_early": status == "stopped_early",
+                "best_epoch": best_epoch, "val_acc": val_acc, "val_loss": None if val_acc is None else 1 - val_acc,
+                "seconds": 60.0 * epochs, "node": "n", "error": error, "warning": warning,
+                "lr_head": lr, "aug_strength": lr * 10}
+
+    return [row("a", "completed", 3, 3, 0.6, 1e-3), row("b", "stopped_early", 1, 1, 0.2, 1e-4),
+            row("c", "diverged", 2, 1, 0.3, 5e-3, error=DIVERGED_ERROR),
+            row("d", "errored", 0, None, None, 2e-3, error="injected fault (TUNER_FAULT) at epoch 1, step 1"),
+            row("e", "completed", 3, 3, 0.55, 3e-4, warning=WARNING)]
+
+
+def _problem_run(folder: Path) -> Path:
+    import pyarrow as pa
+
+    folder.mkdir(parents=True)
+    (folder / "tuner.json").write_text(json.dumps(RECORD))
+    pq.write_table(pa.Table.from_pylist(_problem_trials()), folder / "trials.parquet")
+    epochs = [e for rows in _problem_epochs().values() for e in rows]
+    columns = list(dict.fromkeys(k for e in epochs for k in e))
+    pq.write_table(pa.Table.from_pylist([{c: e.get(c) for c in columns} for e in epochs]), folder / "epochs.parquet")
+    return folder
+
+
+class _Problems(HTMLParser):
+    def __init__(self, text: str):
+        super().__init__()
+        self.items, self._in = [], False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "ul" and dict(attrs).get("id") == "problems":
+            self._in = True
+        elif self._in and tag == "li":
+            self.items.append("")
+
+    def handle_data(self, text):
+        if self._in and self.items:
+            self.items[-1] += text
+
+    def handle_endtag(self, tag):
+        if tag == "ul":
+            self._in = False
+
+
+def _check_problem_page(page: Path) -> None:
+    text = page.read_text()
+    assert "could not be drawn" not in text  # NaN epochs do not break a figure
+    for name in ("best_so_far.png", "learning_curves.png", "hyperparameters.png", "parallel.png"):
+        with Image.open(page.parent / name) as image:
+            image.verify()
+    assert "2 completed, 1 stopped early by ASHA, 1 diverged, 1 errored, 0 running" in text
+    table = {row["trial_id"]: row for row in _page(page).table()}
+    assert table["c"]["status"] == "diverged" and float(table["c"]["val_acc"]) == pytest.approx(0.3)
+    assert "d" not in table  # no result: not ranked
+    items = _Problems(text).items
+    assert items == [
+        f"trial 3 (c) diverged: {DIVERGED_ERROR}",
+        f"trial 4 (e) warning: {WARNING}",
+        "trial 5 (d) errored: injected fault (TUNER_FAULT) at epoch 1, step 1",  # no report: numbered last
+    ], items
+
+
+def test_diverged_and_failed_trials_are_counted_and_listed_with_their_errors(tmp_path):
+    run = _problem_run(tmp_path / "problems")
+    page = write_report(str(run))
+    _check_problem_page(page)
+    with open_run(str(run)) as loaded:
+        lines = summary_lines(loaded)
+    assert "5 trials: 2 completed, 1 stopped early by ASHA, 1 diverged, 1 errored, 0 running" in lines[0]
+    assert "best: trial 1 (a) val_acc 0.6000 at epoch 3" == lines[1]
+
+
+def test_a_running_search_knows_diverged_trials_errors_and_warnings_from_ray_files(tmp_path):
+    """The same trials as Ray's trial_*/result.json (NaN written as NaN), params.json and error.txt."""
+    run = tmp_path / "running"
+    run.mkdir()
+    (run / "tuner.json").write_text(json.dumps(RECORD))
+    configs = {t["trial_id"]: {"lr_head": t["lr_head"], "aug_strength": t["aug_strength"]} for t in _problem_trials()}
+    for trial_id, epochs in _problem_epochs().items():
+        folder = run / f"trial_{trial_id}"
+        folder.mkdir()
+        done = trial_id in ("b", "c")  # Ray marks the last result of a trial that ended before max_epochs
+        (folder / "result.json").write_text("".join(
+            json.dumps({**e, "config": configs[trial_id], "done": done and i == len(epochs) - 1}) + "\n"
+            for i, e in enumerate(epochs)))
+        (folder / "params.json").write_text(json.dumps(configs[trial_id]))
+    (run / "trial_d" / "error.txt").write_text(
+        "Failure # 1 (occurred at 2025-01-01_10-00-00)\nray::ImplicitFunc.train() (pid=1, ip=127.0.0.1)\n"
+        '  File "trainable.py", line 80, in train_trial\n'
+        "RuntimeError: injected fault (TUNER_FAULT) at epoch 1, step 1\n\n")
+    with open_run(str(run)) as loaded:
+        assert not loaded.finished
+        rows = {t["trial_id"]: t for t in loaded.trials}
+    assert {k: rows[k]["status"] for k in rows} == {t["trial_id"]: t["status"] for t in _problem_trials()}
+    assert rows["c"]["error"] == DIVERGED_ERROR and rows["c"]["best_epoch"] == 1
+    assert rows["d"]["error"] == "RuntimeError: injected fault (TUNER_FAULT) at epoch 1, step 1"
+    assert rows["e"]["warning"] == WARNING and rows["a"]["warning"] is None and rows["a"]["error"] is None
+    page = write_report(str(run))
+    text = page.read_text()
+    assert "could not be drawn" not in text and "1 diverged" in text
+    assert f"trial 3 (c) diverged: {DIVERGED_ERROR}" in _Problems(text).items
+
+
+def test_figures_leave_out_nan_points(tmp_path):
+    from tuner import figures
+
+    curves = {"a": ("completed", [1, 2, 3], [0.4, 0.5, 0.6]), "c": ("diverged", [1, 2], [0.3, NAN]),
+              "x": ("diverged", [1], [NAN])}  # diverged in its first epoch: nothing to draw
+    figures.learning_curves(curves, "val_acc", [1, 2], tmp_path / "curves.png")
+    trials = [{"val_acc": 0.6, "status": "completed", "lr_head": 1e-3},
+              {"val_acc": NAN, "status": "diverged", "lr_head": 1e-2},
+              {"val_acc": None, "status": "errored", "lr_head": 1e-4}]
+    figures.best_so_far(trials, [(1.0, 0.4), (2.0, NAN), (3.0, 0.6)], "val_acc", "max", tmp_path / "best.png")
+    figures.metric_by_hyperparameter(trials, ["lr_head"], "val_acc", tmp_path / "hyper.png")
+    figures.parallel_coordinates(trials, ["lr_head"], "val_acc", tmp_path / "parallel.png")
+    for name in ("curves.png", "best.png", "hyper.png", "parallel.png"):
+        with Image.open(tmp_path / name) as image:
+            image.verify()

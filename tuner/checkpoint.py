@@ -11,14 +11,25 @@ from typing import Any
 import torch
 
 from .errors import UserError, first_line
-from .model import CHECKPOINT_FORMAT
+from .model import CHECKPOINT_FORMAT, file_sha256
 
 # What a checkpoint says about its model beyond the weights; part of every checkpoint we write.
 DESCRIPTION_KEYS = ("config", "classes", "weights", "normalization")
+# A file's sha256 sidecar, `sha256sum` format: torch.load reads a zip without checking its CRCs, so a
+# flipped byte in a tensor loads as wrong weights; the sidecar catches that.
+CHECKSUM_SUFFIX = ".sha256"
+
+
+class CorruptCheckpoint(UserError):
+    """A checkpoint file that is missing, truncated, damaged or fails its sha256 sidecar."""
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write through a temporary file in the same folder, then rename: readers never see half a file.
+
+    A failed write (full disk, quota, read-only storage) leaves the earlier file as it was and raises
+    an OSError that names `path`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -27,13 +38,49 @@ def atomic_write(path: Path, write) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        failed = _write_error(err)
+        if failed is not None:  # a write to a handle names no file: say which
+            raise OSError(failed.errno, f"cannot write {path}: {failed.strerror or failed}") from err
         raise
 
 
-def save_torch(obj: Any, path: Path) -> None:
-    atomic_write(Path(path), lambda handle: torch.save(obj, handle))
+def _write_error(err: BaseException | None) -> OSError | None:
+    """The OSError without a file name behind `err`: torch.save reports a failed write (full disk,
+    quota) as a RuntimeError ("unexpected pos") raised while handling the OSError."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err if err is not None and err.errno and not err.filename else None
+
+
+def save_torch(obj: Any, path: Path, *, checksum: bool = False) -> None:
+    """torch.save through atomic_write; `checksum` also writes PATH.sha256, which load_torch checks."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+    sidecar.unlink(missing_ok=True)  # a stale sidecar next to a new file would call it corrupt
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+    if checksum:
+        save_text(f"{file_sha256(path)}  {path.name}\n", sidecar)
+
+
+def _verified_load(path: Path) -> Any:
+    """torch.load (weights_only) after checking the file against its sha256 sidecar, when it has one."""
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if sidecar.is_file():
+        expected = (sidecar.read_text().split() or [""])[0]
+        if file_sha256(path) != expected:
+            raise ValueError(f"its sha256 does not match {sidecar.name}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_torch(path: str | Path, *, shown: str | None = None) -> Any:
+    """Load a file written by save_torch; CorruptCheckpoint (naming `shown`, default the path) if it is
+    missing, truncated or damaged. Never returns unverified data when a sidecar exists."""
+    try:
+        return _verified_load(Path(path))
+    except Exception as err:  # a zip without its directory, a failed checksum, a pickle weights_only refuses
+        raise CorruptCheckpoint(f"checkpoint {shown or str(path)} is damaged ({first_line(err)[:200]})") from None
 
 
 def save_text(text: str, path: Path) -> None:
@@ -52,9 +99,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"no checkpoint at {str(path)!r}; pass a run's best/ folder or its model.pt")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = _verified_load(path)
     except Exception as err:  # corrupt zip, pickle that weights_only refuses, not a torch file at all
-        raise UserError(f"{str(path)!r} is not a readable tuner checkpoint ({first_line(err)[:200]})") from None
+        # torch's own text for a refused pickle advises weights_only=False: never pass that on.
+        reason = ("not a PyTorch file of tensors and plain data" if "Weights only load failed" in str(err)
+                  else first_line(err)[:160])
+        raise UserError(f"{str(path)!r} is not a readable tuner checkpoint ({reason}); pass a best/model.pt "
+                        f"written by tuner train or tuner search") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
             f"{str(path)!r} is not a tuner checkpoint (no {CHECKPOINT_FORMAT!r} marker); "

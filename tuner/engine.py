@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,17 @@ class Diverged(RuntimeError):
     def __init__(self, epoch: int, loss: float):
         super().__init__(f"training diverged in epoch {epoch}: loss is {loss}; lower the learning rates")
         self.epoch, self.loss = epoch, loss
+
+
+class OutOfMemory(UserError):
+    """A batch did not fit in the device's memory; the message names the sizes to lower."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA, MPS, XPU), or the CPU allocator's RuntimeError."""
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -131,6 +143,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.first_step_at: float | None = None  # wall-clock time the first training step began
         self._banks: dict[str, cache.FeatureBank] | None = None
+        # Called with (trainer, step) before every training step. A test hook: tuner/trainable.py
+        # injects faults through it when TUNER_FAULT is set; None (nothing called) otherwise.
+        self.step_hook: Callable[[Trainer, int], None] | None = None
 
     def _build_loaders(self, splits: data.ImageSplits, num_workers: int) -> None:
         """uint8 loaders (crop and flip only); `_batch_to_device` does the rest on the device."""
@@ -226,6 +241,8 @@ class Trainer:
         for step, (inputs, labels) in enumerate(batches):
             if self.first_step_at is None:
                 self.first_step_at = time.time()  # the first batch is on the device: training starts
+            if self.step_hook is not None:
+                self.step_hook(self, step)
             factor = lr_factor(config, epoch, step, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
@@ -332,8 +349,15 @@ class Trainer:
         if self.target_depth(self.epoch) > self.depth:
             self._unfreeze_to(self.target_depth(self.epoch))
         metrics: dict[str, Any] = {"epoch": self.epoch + 1}
-        metrics.update(self.train_one_epoch())
-        metrics.update(self.validate())
+        try:
+            metrics.update(self.train_one_epoch())
+            metrics.update(self.validate())
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            raise OutOfMemory(f"out of memory at batch_size={self.config.batch_size}, "
+                              f"image_size={self.config.image_size} on {self.device}; "
+                              f"lower batch_size or image_size") from err
         metrics.update({f"lr/{g['stage']}": g["lr"] for g in self.optimizer.param_groups})  # at the last step
         metrics["unfrozen_stages"] = self.depth
         metrics["epoch_seconds"] = time.perf_counter() - start

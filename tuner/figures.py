@@ -17,10 +17,16 @@ from matplotlib.colors import Normalize
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 # One colour per trial outcome, the same in every figure.
-STATUS_COLORS = {"completed": "tab:blue", "stopped_early": "tab:orange", "errored": "tab:red",
-                 "running": "tab:green"}
-STATUS_LABELS = {"completed": "completed", "stopped_early": "stopped early by ASHA", "errored": "errored",
-                 "running": "running"}
+STATUS_COLORS = {"completed": "tab:blue", "stopped_early": "tab:orange", "diverged": "tab:purple",
+                 "errored": "tab:red", "running": "tab:green"}
+STATUS_LABELS = {"completed": "completed", "stopped_early": "stopped early by ASHA",
+                 "diverged": "diverged (NaN/inf loss)", "errored": "errored", "running": "running"}
+_OTHER_COLOR = "tab:gray"  # a status this module does not know (a newer run's)
+
+
+def _finite(value: Any) -> bool:
+    """A number that can be plotted: not None, NaN (a diverged epoch's val metrics) or infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_log_scale(name: str) -> bool:
@@ -44,14 +50,14 @@ def best_so_far(trials: list[dict], points: list[tuple[float, float]], metric: s
     """Best metric so far by trial number (`trials`: start order) and by minutes (`points`: (minute, value))."""
     better = max if mode == "max" else min
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    numbered = [(n, t[metric]) for n, t in enumerate(trials, 1) if t[metric] is not None]
+    numbered = [(n, t.get(metric)) for n, t in enumerate(trials, 1) if _finite(t.get(metric))]
     if numbered:
         running = _running_best([v for _, v in numbered], better)
         left.scatter([n for n, _ in numbered], [v for _, v in numbered], s=18, color="grey", label="trial's best")
         left.step([n for n, _ in numbered], running, where="post", color="tab:blue", label="best so far")
         left.legend(loc="best", fontsize=8)
     left.set(title=f"Best {metric} by trial", xlabel="trial number (order of start)", ylabel=metric)
-    points = sorted(points)
+    points = sorted((m, v) for m, v in points if _finite(m) and _finite(v))
     if points:
         right.scatter([m for m, _ in points], [v for _, v in points], s=8, color="grey", label="epoch results")
         right.step([m for m, _ in points], _running_best([v for _, v in points], better), where="post",
@@ -70,13 +76,24 @@ def _running_best(values: list[float], better) -> list[float]:
 
 def learning_curves(curves: dict[str, tuple[str, list[int], list[float]]], metric: str, rungs: list[int],
                     path: Path) -> None:
-    """`metric` per epoch of every trial (`curves`: id -> (status, epochs, values)), coloured by outcome."""
+    """`metric` per epoch of every trial (`curves`: id -> (status, epochs, values)), coloured by outcome.
+
+    Points without a finite value (a diverged epoch's NaN) are left out; a diverged trial's curve ends
+    in a cross.
+    """
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for status, epochs, values in curves.values():
-        ax.plot(epochs, values, marker="o", markersize=3, linewidth=1.2, alpha=0.8, color=STATUS_COLORS[status])
+        shown = [(e, v) for e, v in zip(epochs, values) if _finite(v)]
+        if not shown:
+            continue
+        color = STATUS_COLORS.get(status, _OTHER_COLOR)
+        ax.plot([e for e, _ in shown], [v for _, v in shown], marker="o", markersize=3, linewidth=1.2, alpha=0.8,
+                color=color)
+        if status == "diverged":
+            ax.plot(*shown[-1], marker="x", markersize=9, markeredgewidth=2, color=color)
     for rung in rungs:  # ASHA decides at these epochs which trials go on
         ax.axvline(rung, color="grey", linestyle=":", linewidth=1)
-    seen = {status for status, _, _ in curves.values()}
+    seen = {status for status, _, values in curves.values() if any(_finite(v) for v in values)}
     handles = [plt.Line2D([], [], color=STATUS_COLORS[s], marker="o", label=STATUS_LABELS[s])
                for s in STATUS_COLORS if s in seen]
     if rungs:
@@ -102,9 +119,9 @@ def metric_by_hyperparameter(trials: list[dict], names: list[str], metric: str, 
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
-        shown = [t for t in trials if t.get(name) is not None and t[metric] is not None]
+        shown = [t for t in trials if t.get(name) is not None and _finite(t.get(metric))]
         values = [t[name] for t in shown]
-        colors = [STATUS_COLORS[t["status"]] for t in shown]
+        colors = [STATUS_COLORS.get(t["status"], _OTHER_COLOR) for t in shown]
         if values and is_categorical(values):
             categories = sorted(set(values), key=lambda v: (str(type(v)), v))
             ax.scatter([categories.index(v) for v in values], [t[metric] for t in shown], c=colors, s=22)
@@ -130,6 +147,7 @@ def _log_axis(ax) -> None:
 
 def parallel_coordinates(trials: list[dict], names: list[str], metric: str, path: Path) -> None:
     """Top trials as lines across normalised hyperparameter axes (log for rates), coloured by `metric`."""
+    trials = [t for t in trials if _finite(t.get(metric))]  # a line needs its colour
     axes_names = [*names, metric]
     scaled: dict[str, list[float]] = {}
     labels: dict[str, tuple[str, str]] = {}

@@ -9,9 +9,15 @@ from ray import tune
 
 from .config import is_better
 
+_LONGEST = 300  # characters of an error message shown on a progress line
+
 
 class ProgressPrinter(tune.Callback):
-    """Prints `trial N epoch E: val_acc x (trial best y, search best z) | running, stopped early, done`."""
+    """Prints `trial N epoch E: val_acc x (trial best y, search best z) | running, stopped early, done`.
+
+    Besides: a line per warning a trial reports (it resumed from an older checkpoint), per retry of a
+    failed trial, and per trial that ends (completed, stopped early, diverged, or failed with its error).
+    """
 
     def __init__(self, metric: str, mode: str, max_epochs: int, trials: int, stream=None):
         self.metric, self.mode, self.max_epochs, self.trials = metric, mode, max_epochs, trials
@@ -27,23 +33,30 @@ class ProgressPrinter(tune.Callback):
     def _print(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
 
+    def _number(self, trial) -> int:
+        return self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+
     def _counts(self, trials) -> str:
         running = sum(t.status == "RUNNING" for t in trials)
         finished = [t for t in trials if t.status == "TERMINATED"]
-        early = sum(self._epochs(t) < self.max_epochs for t in finished)
+        diverged = sum(_diverged(t) for t in finished)
+        early = sum(self._epochs(t) < self.max_epochs and not _diverged(t) for t in finished)
         errored = sum(t.status == "ERROR" for t in trials)
-        text = f"running {running}, stopped early {early}, done {len(finished) - early}"
-        return text + (f", errored {errored}" if errored else "") + f" of {self.trials}"
+        text = f"running {running}, stopped early {early}, done {len(finished) - early - diverged}"
+        return (text + (f", diverged {diverged}" if diverged else "") + (f", errored {errored}" if errored else "")
+                + f" of {self.trials}")
 
     @staticmethod
     def _epochs(trial) -> int:
         return int((trial.last_result or {}).get("training_iteration", 0))
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+        self._number(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        number = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+        number = self._number(trial)
+        if result.get("warning"):  # resumed from an older checkpoint than Ray's latest (a damaged one)
+            self._print(f"trial {number} warning: {result['warning']}")
         value = result.get(self.metric)
         if is_better(self.mode, value, self.trial_best.get(trial.trial_id)):  # NaN and None never win
             self.trial_best[trial.trial_id] = value
@@ -55,13 +68,65 @@ class ProgressPrinter(tune.Callback):
                     f"search best {_number(self.best)}) | {self._counts(trials)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        number, epochs = self.numbers.get(trial.trial_id, "?"), self._epochs(trial)
+        if _diverged(trial):
+            loss = (trial.last_result or {}).get("train_loss")
+            how = f"diverged (training loss {loss})" if loss is not None else "diverged"
+        else:
+            how = "stopped early by ASHA" if epochs < self.max_epochs else "completed"
+        self._print(f"trial {number} {how} after {epochs} epochs | {self._counts(trials)}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """Ray retries a failed trial (up to --max-failures times) from its latest checkpoint."""
         number = self.numbers.get(trial.trial_id, "?")
-        how = "stopped early by ASHA" if self._epochs(trial) < self.max_epochs else "completed"
-        self._print(f"trial {number} {how} after {self._epochs(trial)} epochs | {self._counts(trials)}")
+        failures, most = getattr(trial, "num_failures", None), getattr(trial, "max_failures", None)
+        of = "" if failures is None else f" (failure {failures}" + (
+            ", no limit)" if most is None or most < 0 else f" of {most})")
+        where = ("its last checkpoint" if getattr(trial, "checkpoint", True) is not None
+                 else "the start, no checkpoint yet")
+        reason = error_text(trial)
+        self._print(f"trial {number} failed, restarting from {where}{of}" + (f": {reason}" if reason else ""))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         number = self.numbers.get(trial.trial_id, "?")
-        self._print(f"trial {number} failed after {self._epochs(trial)} epochs: {trial.error_file or ''}")
+        reason = error_text(trial) or "no error message recorded"
+        self._print(f"trial {number} failed after {self._epochs(trial)} epochs: {reason} | {self._counts(trials)}")
+
+
+def _diverged(trial) -> bool:
+    """The trial's last report says its loss became NaN or infinite (see trainable.train_trial)."""
+    return (trial.last_result or {}).get("diverged") is True
+
+
+def error_text(trial) -> str:
+    """The last meaningful line of a trial's latest error ('' when there is none): the exception line
+    that ends Ray's trace, read from the trial's error file (error.txt), else from its storage."""
+    text = None
+    path = getattr(trial, "error_file", None)
+    if path:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+        except OSError:
+            text = None
+    if text is None and callable(getattr(trial, "get_error", None)):
+        try:
+            text = trial.get_error()  # Ray's text trace in the trial's storage (a string, despite its hint)
+        except Exception:  # noqa: BLE001 - storage unreachable: fall back to the path
+            text = None
+    if text is None:
+        return str(path or "")
+    return last_line(str(text))
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of an error trace that is not Ray's `Failure # N (occurred at ...)` header."""
+    lines = [line.strip() for line in text.splitlines()]
+    meaningful = [line for line in lines if line and not line.startswith("Failure # ")]
+    if not meaningful:
+        return ""
+    line = meaningful[-1]
+    return line if len(line) <= _LONGEST else line[:_LONGEST - 3] + "..."
 
 
 def _number(value) -> str:

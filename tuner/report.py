@@ -30,13 +30,10 @@ import pyarrow.parquet as pq
 from . import figures
 from .config import METRICS, field_names, is_better
 from .errors import UserError, first_line
+from .run_files import RAY_COLUMNS, RUN_RECORD, STUDY_FILE, damaged_record, not_a_run, parse_run_record
 from .storage import filesystem, is_uri
 
-RUN_RECORD = "tuner.json"  # the same name search.py writes (imported from there, it would pull in Ray)
-STATUSES = ("completed", "stopped_early", "errored", "running")
-# Ray's bookkeeping in result.json that says nothing about the model (as in results.py's epochs.parquet).
-_RAY_COLUMNS = {"done", "should_checkpoint", "date", "timestamp", "time_this_iter_s", "pid", "hostname",
-                "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "config"}
+STATUSES = ("completed", "stopped_early", "diverged", "errored", "running")
 
 
 # --- reading a run -------------------------------------------------------------------------------
@@ -111,12 +108,15 @@ def open_run(run: str) -> Iterator[RunData]:
 
 def _require_record(path: Path, run: str) -> None:
     if not path.is_file():
-        raise UserError(f"{run!r} is not a tuner run (no {RUN_RECORD}); pass a run folder STORAGE/NAME "
-                        f"made by tuner search")
+        raise not_a_run(run)
 
 
 def _read_run(location: str, folder: Path, fs=None, base: str = "") -> RunData:
-    record = json.loads((folder / RUN_RECORD).read_text())
+    try:
+        text = (folder / RUN_RECORD).read_text()
+    except UnicodeDecodeError as err:  # a binary file in its place
+        raise damaged_record(location, err) from None
+    record = parse_run_record(text, location)
     finished = (folder / "trials.parquet").is_file() and (folder / "epochs.parquet").is_file()
     if finished:
         trials = pq.read_table(folder / "trials.parquet").to_pylist()
@@ -137,13 +137,14 @@ def _tables_from_results(folder: Path, record: dict[str, Any]) -> tuple[list[dic
         params_file = trial_dir / "params.json"
         config = lines[-1].get("config") if lines else (
             json.loads(params_file.read_text()) if params_file.is_file() else {})
-        history = [{k: v for k, v in line.items() if k not in _RAY_COLUMNS} for line in lines]
+        history = [{k: v for k, v in line.items() if k not in RAY_COLUMNS} for line in lines]
         epochs += history
         best = None
         for row in history:
             if is_better(METRICS[metric], row.get(metric), best and best[metric]):
                 best = row
         status = _running_status(lines, trial_dir, max_epochs)
+        warnings_seen = [str(line["warning"]) for line in lines if line.get("warning")]
         trials.append({
             "trial_id": lines[-1]["trial_id"] if lines else trial_dir.name.removeprefix("trial_"),
             "status": status,
@@ -154,6 +155,8 @@ def _tables_from_results(folder: Path, record: dict[str, Any]) -> tuple[list[dic
             "val_loss": best and best.get("val_loss"),
             "seconds": lines[-1].get("time_total_s", 0.0) if lines else 0.0,
             "node": lines[-1].get("node") if lines else None,
+            "error": _running_error(lines, trial_dir, status),
+            "warning": "; ".join(warnings_seen) or None,
             **{k: v for k, v in (config or {}).items() if k in hyperparameters},
         })
     return trials, epochs
@@ -161,6 +164,8 @@ def _tables_from_results(folder: Path, record: dict[str, Any]) -> tuple[list[dic
 
 def _running_status(lines: list[dict], trial_dir: Path, max_epochs: int) -> str:
     epochs = int(lines[-1]["training_iteration"]) if lines else 0
+    if lines and lines[-1].get("diverged") is True:  # a NaN or infinite loss ended it (trainable.train_trial)
+        return "diverged"
     if epochs >= max_epochs:
         return "completed"
     if (trial_dir / "error.txt").is_file():
@@ -168,6 +173,23 @@ def _running_status(lines: list[dict], trial_dir: Path, max_epochs: int) -> str:
     if lines and lines[-1].get("done"):  # Ray marks the last result of a trial the scheduler stopped
         return "stopped_early"
     return "running"
+
+
+def _running_error(lines: list[dict], trial_dir: Path, status: str) -> str | None:
+    """Why a trial diverged or errored, as results.trial_error words it; None for the others."""
+    if status == "diverged":
+        last = lines[-1]
+        return (f"training diverged in epoch {last.get('epoch')}: loss is {last.get('train_loss')}; "
+                f"lower the learning rates")
+    if status == "errored":
+        return _last_error_line((trial_dir / "error.txt").read_text(errors="replace")) or None
+    return None
+
+
+def _last_error_line(text: str) -> str:
+    """The exception line that ends Ray's trace in error.txt (its `Failure # N` headers skipped)."""
+    lines = [line.strip() for line in text.splitlines()]
+    return next((line for line in reversed(lines) if line and not line.startswith("Failure # ")), "")
 
 
 def _json_lines(path: Path) -> list[dict]:
@@ -205,12 +227,28 @@ def _in_start_order(trials: list[dict], epochs: list[dict]) -> list[dict]:
 
 def ranked(run: RunData) -> list[dict]:
     """Trials with a result, best first by the search's metric."""
-    done = [t for t in run.trials if t.get(run.metric) is not None and not math.isnan(t[run.metric])]
+    done = [t for t in run.trials if _finite(t.get(run.metric))]
     return sorted(done, key=lambda t: t[run.metric], reverse=run.mode == "max")
 
 
 def counts(run: RunData) -> dict[str, int]:
     return {status: sum(t["status"] == status for t in run.trials) for status in STATUSES}
+
+
+def problems(run: RunData) -> list[str]:
+    """One line per trial that diverged, errored or resumed from an older checkpoint, in start order."""
+    lines = []
+    for trial in run.trials:
+        name = f"trial {trial['number']} ({trial['trial_id']})"
+        if trial["status"] in ("diverged", "errored"):
+            lines.append(f"{name} {trial['status']}: {trial.get('error') or 'no error message recorded'}")
+        if trial.get("warning"):
+            lines.append(f"{name} warning: {trial['warning']}")
+    return lines
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def weights_text(run: RunData) -> str:
@@ -241,7 +279,7 @@ def param_importances(run: RunData) -> Importance:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="tuner-optuna-") as tmp:
-        return _importances(run, *_stored_study(run, Path(tmp) / "optuna.db"))
+        return _importances(run, *_stored_study(run, Path(tmp) / STUDY_FILE))
 
 
 def _importances(run: RunData, study, source: str) -> Importance:
@@ -272,7 +310,7 @@ def _stored_study(run: RunData, snapshot: Path):
     for writing); (None, why) when it is missing or not yet useful."""
     import optuna
 
-    db = run.fetch("optuna.db")
+    db = run.fetch(STUDY_FILE)
     if db is None:
         return None, "RUN/optuna.db is not there"
     try:
@@ -446,9 +484,10 @@ def summary_lines(run: str | RunData, html_path: Path | None = None) -> list[str
         with open_run(run) as data:
             return summary_lines(data, html_path)
     c, best = counts(run), ranked(run)
+    diverged = f"{c['diverged']} diverged, " if c["diverged"] else ""
     lines = [
         f"{run.name}: {len(run.trials)} trials: {c['completed']} completed, {c['stopped_early']} stopped early "
-        f"by ASHA, {c['errored']} errored, {c['running']} running; {len(run.epochs)} trial-epochs"
+        f"by ASHA, {diverged}{c['errored']} errored, {c['running']} running; {len(run.epochs)} trial-epochs"
         + ("" if run.finished else " (search not finished: read from the trials' result.json files)"),
         (f"best: trial {best[0]['number']} ({best[0]['trial_id']}) {run.metric} {best[0][run.metric]:.4f} "
          f"at epoch {best[0]['best_epoch']}" if best else "best: no trial has reported a result yet"),
@@ -473,14 +512,15 @@ def _build(run: RunData, out: Path, top: int) -> str:
     page.h2("Progress of the search")
     if best:
         start = min(t["started_at"] for t in run.trials)  # inf when no epoch has a wall-clock time
-        points = [((e["reported_at"] - start) / 60, e[metric]) for e in run.epochs
-                  if e.get("reported_at") and e.get(metric) is not None and math.isfinite(start)]
+        points = [((e["reported_at"] - start) / 60, e[metric]) for e in run.epochs  # a diverged epoch's NaN: left out
+                  if e.get("reported_at") and _finite(e.get(metric)) and math.isfinite(start)]
         page.figure("best_so_far.png", lambda p: figures.best_so_far(run.trials, points, metric, run.mode, p),
                     "Best result so far, by trial (in the order trials started) and by wall-clock time.")
         page.figure("learning_curves.png",
                     lambda p: figures.learning_curves(_curves(run), metric, _rungs(run.record["settings"]), p),
                     "Every trial's validation curve. Dotted lines: the epochs where ASHA compares trials and "
-                    "stops the weaker ones.")
+                    "stops the weaker ones. A cross ends the curve of a trial whose training loss became NaN or "
+                    "infinite (diverged); that epoch has no validation result.")
     else:
         page.p("No trial has reported a result yet.")
 
@@ -495,7 +535,7 @@ def _build(run: RunData, out: Path, top: int) -> str:
     if best and names:
         page.figure("hyperparameters.png", lambda p: figures.metric_by_hyperparameter(best, names, metric, p),
                     f"Each trial's best {metric} against each searched hyperparameter; colour: outcome "
-                    "(blue completed, orange stopped early, red errored, green running).")
+                    "(blue completed, orange stopped early, purple diverged, red errored, green running).")
         page.figure("parallel.png", lambda p: figures.parallel_coordinates(best[:top], names, metric, p),
                     f"The top {min(top, len(best))} trials: one line each across the searched hyperparameters, "
                     "each axis spanning their range (log for rates); a gap is a hyperparameter the trial "
@@ -503,6 +543,12 @@ def _build(run: RunData, out: Path, top: int) -> str:
 
     page.h2(f"Top {min(top, len(best))} trials by {metric}")
     page.trial_table(best[:top], run)
+    trouble = problems(run)
+    if trouble:
+        page.h2("Problems")
+        page.p("Trials that diverged (a NaN or infinite training loss), failed, or resumed from an older "
+               "checkpoint than their latest (a damaged one was skipped):")
+        page.ul(trouble, html_id="problems")
 
     page.h2("The best model")
     page.p(f"Weights: {weights_text(run)}.")
@@ -531,7 +577,7 @@ def _curves(run: RunData) -> dict[str, tuple[str, list[int], list[float]]]:
     status = {t["trial_id"]: t["status"] for t in run.trials}
     curves: dict[str, tuple[str, list[int], list[float]]] = {}
     for row in sorted(run.epochs, key=lambda r: (r["trial_id"], r["training_iteration"])):
-        if row.get(run.metric) is None or row["trial_id"] not in status:
+        if not _finite(row.get(run.metric)) or row["trial_id"] not in status:  # a diverged epoch's NaN
             continue
         _, xs, ys = curves.setdefault(row["trial_id"], (status[row["trial_id"]], [], []))
         xs.append(row["training_iteration"])
@@ -573,8 +619,9 @@ class _Page:
     def p(self, text: str) -> None:
         self.parts.append(f"<p>{html.escape(text)}</p>")
 
-    def ul(self, items: list[str]) -> None:
-        self.parts.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+    def ul(self, items: list[str], html_id: str | None = None) -> None:
+        attribute = f' id="{html.escape(html_id)}"' if html_id else ""
+        self.parts.append(f"<ul{attribute}>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
 
     def figure(self, name: str, draw, caption: str) -> None:
         """Draw into `name`; a figure that fails is reported on the page rather than ending the report."""

@@ -2,29 +2,68 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import torch
 import pyarrow.parquet as pq
+import torch
 
 from . import data
-from .checkpoint import atomic_write, model_payload, write_best
+from .checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
 from .config import METRICS, field_names, is_better, make_config
-from .engine import Trainer
+from .engine import Diverged, Trainer
+from .errors import first_line
+from .faults import fault_point
+from .run_files import RAY_COLUMNS
 from .trainable import load_trainer_state
 
-# Ray's bookkeeping columns that say nothing about the model; left out of epochs.parquet.
-_RAY_COLUMNS = {"done", "should_checkpoint", "date", "timestamp", "time_this_iter_s", "pid", "hostname",
-                "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "config"}
+
+STATUSES = ("completed", "stopped_early", "diverged", "errored")
 
 
 def trial_status(result, max_epochs: int) -> str:
+    """completed, stopped_early (by ASHA or the time budget), diverged (NaN/inf loss) or errored."""
+    metrics = result.metrics or {}
+    if metrics.get("diverged") is True:
+        return "diverged"
     if result.error is not None:
         return "errored"
-    epochs = int((result.metrics or {}).get("training_iteration", 0))
+    epochs = int(metrics.get("training_iteration", 0))
     return "stopped_early" if epochs < max_epochs else "completed"
+
+
+def trial_error(result) -> str | None:
+    """One line saying why a trial errored or diverged; None for the others."""
+    metrics = result.metrics or {}
+    if metrics.get("diverged") is True:
+        return str(Diverged(int(metrics["epoch"]), metrics["train_loss"]))
+    error = result.error
+    if error is None:
+        return None
+    if isinstance(error, str):  # Ray's text trace, when the exception could not be unpickled
+        return error.strip().splitlines()[-1]
+    cause = getattr(error, "cause", None)  # a RayTaskError wraps the trial's own exception
+    return first_line(cause if isinstance(cause, BaseException) else error)
+
+
+def history(result) -> list[dict[str, Any]]:
+    """A trial's reported epochs in order, one per epoch: an epoch trained again after resuming from an
+    older checkpoint (a damaged newer one) keeps its last report. Null, not NaN, where a column is unset."""
+    frame = result.metrics_dataframe
+    if frame is None:
+        return []
+    records = frame.to_dict("records")
+    # Columns with strings or booleans (warning, diverged) read as NaN in rows that lack them.
+    sparse = {k for row in records for k, v in row.items() if isinstance(v, (str, bool))}
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for row in records:
+        row = {k: None if k in sparse and isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        by_epoch.pop(row.get("epoch"), None)
+        by_epoch[row.get("epoch")] = row
+    return sorted(by_epoch.values(), key=lambda row: row.get("epoch") or 0)
 
 
 def trial_rows(grid, settings, searched: list[str]) -> list[dict[str, Any]]:
@@ -33,11 +72,11 @@ def trial_rows(grid, settings, searched: list[str]) -> list[dict[str, Any]]:
     hyperparameters = list(dict.fromkeys([*searched, *sorted(k for r in grid for k in (r.config or {}))]))
     rows = []
     for result in grid:
-        frame = result.metrics_dataframe
-        history = frame.to_dict("records") if frame is not None else []
-        best = None
-        for epoch in history:
-            if is_better(mode, epoch.get(settings.metric), best and best[settings.metric]):
+        epochs, best = history(result), None
+        for epoch in epochs:
+            value, best_value = epoch.get(settings.metric), best and best[settings.metric]
+            # On a tie the later epoch, as Ray keeps the later checkpoint: best_epoch is what best/ holds.
+            if is_better(mode, value, best_value) or (best is not None and value == best_value):
                 best = epoch
         metrics = result.metrics or {}
         row = {
@@ -50,6 +89,9 @@ def trial_rows(grid, settings, searched: list[str]) -> list[dict[str, Any]]:
             "val_loss": float(best["val_loss"]) if best else None,
             "seconds": float(metrics.get("time_total_s", 0.0)),
             "node": metrics.get("node"),
+            "error": trial_error(result),
+            # A damaged checkpoint skipped when the trial resumed (see trainable.resume_state).
+            "warning": "; ".join(epoch["warning"] for epoch in epochs if epoch.get("warning")) or None,
         }
         config = result.config or {}
         # `epochs` (the schedule length) is max_epochs for every trial; the column means epochs run.
@@ -61,11 +103,8 @@ def trial_rows(grid, settings, searched: list[str]) -> list[dict[str, Any]]:
 def epoch_rows(grid) -> list[dict[str, Any]]:
     rows = []
     for result in grid:
-        frame = result.metrics_dataframe
-        if frame is None:
-            continue
-        for epoch in frame.to_dict("records"):
-            rows.append({k: v for k, v in epoch.items() if k not in _RAY_COLUMNS and not k.startswith("config/")})
+        for epoch in history(result):
+            rows.append({k: v for k, v in epoch.items() if k not in RAY_COLUMNS and not k.startswith("config/")})
     return rows
 
 
@@ -76,18 +115,34 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write(path, lambda handle: pq.write_table(table, handle))
 
 
+def ranked_checkpoints(grid, metric: str, mode: str) -> list[tuple[Any, dict[str, Any]]]:
+    """Every kept checkpoint of every trial with its epoch's metrics, best first (non-finite left out).
+
+    Each trial keeps its best epoch's checkpoint, so the first is the search's best epoch.
+    """
+    kept = [(checkpoint, metrics) for result in grid for checkpoint, metrics in (result.best_checkpoints or [])
+            if isinstance(metrics.get(metric), (int, float)) and math.isfinite(metrics[metric])]
+    return sorted(kept, key=lambda pair: pair[1][metric], reverse=mode == "max")
+
+
 def export_best(grid, run_dir: Path, settings, splits: data.ImageSplits) -> dict[str, Any] | None:
-    """Copy the best epoch of the best trial to RUN/best/; evaluate it on the test split if there is one."""
-    try:
-        best = grid.get_best_result(settings.metric, settings.mode, scope="all", filter_nan_and_inf=True)
-    except RuntimeError:
-        return None  # no trial reported anything
-    checkpoint = best.get_best_checkpoint(settings.metric, settings.mode) if best.best_checkpoints else None
-    if checkpoint is None:
-        return None
-    metrics = next(m for c, m in best.best_checkpoints if c.path == checkpoint.path)
-    state = load_trainer_state(checkpoint)
-    epoch_metrics = {k: v for k, v in metrics.items() if k not in _RAY_COLUMNS and not k.startswith("config")}
+    """Copy the best epoch of the best trial to RUN/best/; evaluate it on the test split if there is one.
+
+    A damaged checkpoint is never loaded: it is skipped with a warning for the next best one.
+    """
+    for checkpoint, metrics in ranked_checkpoints(grid, settings.metric, settings.mode):
+        try:
+            state = load_trainer_state(checkpoint)
+        except CorruptCheckpoint as err:
+            print(f"warning: {err}; using the next best checkpoint", file=sys.stderr, flush=True)
+            continue
+        return _write_best(state, metrics, run_dir, splits)
+    return None  # no trial reported a usable checkpoint
+
+
+def _write_best(state: dict[str, Any], metrics: dict[str, Any], run_dir: Path,
+                splits: data.ImageSplits) -> dict[str, Any]:
+    epoch_metrics = {k: v for k, v in metrics.items() if k not in RAY_COLUMNS and not k.startswith("config")}
     payload = model_payload(state["model"], state, state["epoch"], {**epoch_metrics, "trial_id": metrics.get("trial_id")})
     if splits.test:
         payload["metrics"].update(evaluate_payload(payload, splits))
@@ -112,6 +167,7 @@ def export_results(grid, run_dir: Path, settings, searched: list[str], splits: d
     rows = trial_rows(grid, settings, searched)
     write_table(rows, run_dir / "trials.parquet")
     write_table(epoch_rows(grid), run_dir / "epochs.parquet")
+    fault_point("export")
     payload = export_best(grid, run_dir, settings, splits)
     print_summary(rows, payload, location or str(run_dir), settings, searched)
 
@@ -120,9 +176,15 @@ def print_summary(rows, payload, location: str, settings, searched: list[str], t
     metric, reverse = settings.metric, METRICS[settings.metric] == "max"
     done = [r for r in rows if r[metric] is not None]
     done.sort(key=lambda r: r[metric], reverse=reverse)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped_early", "errored")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    diverged = f"{counts['diverged']} diverged, " if counts["diverged"] else ""
     print(f"\n{len(rows)} trials: {counts['completed']} completed, {counts['stopped_early']} stopped early by "
-          f"ASHA, {counts['errored']} errored; {sum(r['epochs'] for r in rows)} trial-epochs")
+          f"ASHA, {diverged}{counts['errored']} errored; {sum(r['epochs'] for r in rows)} trial-epochs")
+    for row in rows:
+        if row["error"]:
+            print(f"  {row['trial_id']} {row['status']}: {row['error']}")
+        if row["warning"]:
+            print(f"  {row['trial_id']} {row['warning']}")
     print(f"top trials by {metric}:")
     for row in done[:top]:
         params = ", ".join(f"{k}={_short(row[k])}" for k in searched if row[k] is not None)

@@ -8,7 +8,6 @@ resume needs: the space file's path (as the user named it), the run settings and
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -23,13 +22,12 @@ from .checkpoint import save_json
 from .config import field_names, is_better, make_config
 from .errors import UserError, first_line
 from .model import build_model, imagenet_cache_path
+from .run_files import RUN_RECORD, STUDY_FILE, damaged_record, parse_run_record
 from .settings import RunSettings
 from .space import SearchSpace, check_space, load_space
 from .storage import exists, is_uri, join, local_data, read_file_text, run_location, staged
 from .trainable import train_trial
 
-RUN_RECORD = "tuner.json"
-STUDY_FILE = "optuna.db"  # the search's Optuna study (SQLite): optuna-dashboard and optuna.load_study read it
 DEMO_DATA_DIR = "demo-data"
 
 
@@ -119,7 +117,8 @@ def _init_ray(address: str | None) -> None:
     kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
     if not address:
         _listen_on_loopback_only()
-        ray.init(include_dashboard=False, **kwargs)  # a local Ray needs no dashboard
+        # "local": always a new Ray of our own, never a cluster that `ray start` left running on this machine.
+        ray.init(address="local", include_dashboard=False, **kwargs)  # a local Ray needs no dashboard
         return
     try:
         ray.init(address=address, **kwargs)
@@ -302,10 +301,11 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
 
 
 def read_run_record(run: str) -> dict[str, Any]:
-    text = read_file_text(join(run, RUN_RECORD))
-    if text is None:
-        raise UserError(f"{run!r} is not a tuner run (no {RUN_RECORD}); pass a folder made by tuner search")
-    return json.loads(text)
+    try:
+        text = read_file_text(join(run, RUN_RECORD))
+    except UnicodeDecodeError as err:  # a binary file in its place
+        raise damaged_record(run, err) from None
+    return parse_run_record(text, run)
 
 
 def resume_search(run: str) -> str:
@@ -318,7 +318,11 @@ def resume_search(run: str) -> str:
 
     run = run if is_uri(run) else str(Path(run).expanduser().resolve())
     record = read_run_record(run)
-    settings = RunSettings(**record["settings"])
+    try:
+        settings = RunSettings(**record["settings"])
+    except TypeError as err:  # a setting this version does not know
+        raise UserError(f"{run!r}: {RUN_RECORD} has settings this tuner does not know ({err}); resume it with "
+                        f"the tuner version that started it") from None
     splits = load_run_splits(settings, record["fixed"])
     if not tune.Tuner.can_restore(run):
         raise UserError(f"{run!r} holds no Ray Tune state to resume from (it was stopped before the "

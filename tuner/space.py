@@ -86,7 +86,11 @@ def load_space(name_or_path: str) -> SearchSpace:
     path = resolve_path(name_or_path)
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.py"))) if SPACES_DIR.is_dir() else ""
-        raise UserError(f"space file {str(path)!r} does not exist; pass a path or one of: {known}")
+        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UserError(f"space file {str(path)!r} {problem}; pass a path or one of: {known}")
+    if path.suffix != ".py":  # importlib has no loader for other suffixes
+        raise UserError(f"space file {str(path)!r} is not a .py file; a search space is a Python module "
+                        f"with def space(trial) (see search_spaces/)")
     module = _import(path)
     if not callable(getattr(module, "space", None)):
         raise UserError(f"space file {str(path)!r} defines no function space(trial); add one (see search_spaces/)")
@@ -111,8 +115,9 @@ def _import(path: Path):
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except SyntaxError as err:
-        raise UserError(f"space file {err.filename}:{err.lineno}: syntax error: {err.msg}; fix the file") from None
+    except SyntaxError as err:  # null bytes give neither a file name nor a line
+        where = f"{err.filename or path}" + (f":{err.lineno}" if err.lineno else "")
+        raise UserError(f"space file {where}: syntax error: {err.msg}; fix the file") from None
     except Exception as err:
         raise UserError(f"space file {str(path)!r} failed to import: {type(err).__name__}: {err}") from None
     sys.modules[module_name] = module

@@ -1,24 +1,37 @@
 """The Ray Tune trial function: a thin wrapper that runs the Trainer and reports every epoch.
 
 Data and run settings are bound with `tune.with_parameters`, never put in the hyperparameter dict.
+
+How a trial meets faults: a crash (an exception, a killed process, a lost node) fails the trial and Ray
+restarts it from its latest checkpoint, up to `--max-failures` times; a damaged checkpoint is skipped
+for the trial's previous one (or a fresh start), with a warning; a NaN or infinite loss ends the trial
+cleanly with `diverged: True` (no retry: the same configuration would diverge again); running out of
+memory fails it with a message that names the batch and image size.
 """
 
 from __future__ import annotations
 
 import gc
+import math
+import posixpath
+import re
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
 
 from . import data
-from .checkpoint import save_torch
+from .checkpoint import CorruptCheckpoint, load_torch, save_torch
 from .config import make_config
-from .engine import Trainer
+from .engine import Diverged, Trainer
+from .faults import fault_hook, fault_point
+from .model import CHECKPOINT_FORMAT
 from .storage import local_data
 
 TRAINER_STATE = "trainer.pt"
@@ -38,19 +51,37 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: data.Imag
     # A trial uses exactly what Ray reserved for it: its GPU (an error if CUDA cannot see it), else the CPU.
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     trainer = Trainer(hyperparameters, splits, device=device, num_workers=workers)
+    trainer.step_hook = fault_hook(config)
+    warning = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        trainer.load_state_dict(load_trainer_state(checkpoint))
+        state, warning = resume_state(checkpoint)
+        if state is not None:
+            trainer.load_state_dict(state)
     node = ray.get_runtime_context().get_node_id()
     try:
         while trainer.epoch < hyperparameters.epochs:
-            metrics = trainer.run_epoch()
+            # Ray's iteration is our epoch, also after resuming from an older checkpoint than Ray's latest.
+            extra = {"node": node, "diverged": False, "training_iteration": trainer.epoch + 1}
+            if warning:
+                extra["warning"], warning = warning, None
+            try:
+                metrics = trainer.run_epoch()
+            except Diverged as err:
+                # The configuration's result, not a crash: report it (no checkpoint of the broken weights)
+                # and end the trial, so Ray does not retry what would diverge again.
+                nan = math.nan
+                tune.report({**extra, "epoch": err.epoch, "train_loss": err.loss, "val_loss": nan, "val_acc": nan,
+                             "improved": False, "unfrozen_stages": trainer.depth, "diverged": True,
+                             "reported_at": time.time()})
+                return
             with tempfile.TemporaryDirectory() as folder:
                 # Lean: no copy of the best weights; Ray keeps the best-scoring checkpoint by the metric.
-                save_torch(trainer.state_dict(include_best=False), Path(folder) / TRAINER_STATE)
+                save_torch(trainer.state_dict(include_best=False), Path(folder) / TRAINER_STATE, checksum=True)
+                fault_point("checkpoint", config)
                 # Wall-clock times: the report's time axis, and the trial turnover bench/search.py measures.
                 times = {"first_step_at": trainer.first_step_at, "reported_at": time.time()}
-                tune.report({**metrics, **times, "node": node}, checkpoint=tune.Checkpoint.from_directory(folder))
+                tune.report({**metrics, **times, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
     finally:
         # Ray reuses this worker process for the next trial: leave it nothing to hold on to.
         del trainer
@@ -60,6 +91,57 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: data.Imag
 
 
 def load_trainer_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:
-    """The trainer state saved in one trial checkpoint (loaded with weights_only=True)."""
+    """The trainer state saved in one trial checkpoint, verified (sha256 sidecar, load test, format).
+
+    CorruptCheckpoint, naming the file, when it is missing, damaged or not a trainer state.
+    """
+    shown = f"{checkpoint.path.rstrip('/')}/{TRAINER_STATE}"
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / TRAINER_STATE, map_location="cpu", weights_only=True)
+        state = load_torch(Path(folder) / TRAINER_STATE, shown=shown)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CorruptCheckpoint(f"checkpoint {shown} is damaged (not a {CHECKPOINT_FORMAT!r} trainer state)")
+    return state
+
+
+def resume_state(checkpoint: tune.Checkpoint) -> tuple[dict[str, Any] | None, str | None]:
+    """The state to resume from, and a warning when it is not `checkpoint`'s.
+
+    A damaged checkpoint is skipped for the trial's newest older one that loads (Ray keeps the best
+    epoch's besides the latest); with none, (None, warning): the trial starts from scratch. The
+    warning also goes to stderr (the worker's log).
+    """
+    skipped = []
+    for candidate in [checkpoint, *older_checkpoints(checkpoint)]:
+        try:
+            state = load_trainer_state(candidate)
+        except CorruptCheckpoint as err:
+            skipped.append(str(err))
+            continue
+        if not skipped:
+            return state, None
+        return state, _warn(skipped, f"resuming from {candidate.path} (epoch {state['epoch']})")
+    return None, _warn(skipped, "no earlier checkpoint of this trial loads; starting the trial from scratch")
+
+
+def _warn(skipped: list[str], action: str) -> str:
+    text = f"warning: {'; '.join(skipped)}; {action}"
+    print(text, file=sys.stderr, flush=True)
+    return text
+
+
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
+
+
+def older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The other checkpoints of the same trial folder that are older than `checkpoint`, newest first."""
+    folder, name = posixpath.split(checkpoint.path.rstrip("/"))
+    match = _CHECKPOINT_DIR.fullmatch(name)
+    if match is None:
+        return []
+    entries = checkpoint.filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    older = []
+    for entry in entries:
+        found = _CHECKPOINT_DIR.fullmatch(entry.base_name)
+        if entry.type == pafs.FileType.Directory and found and int(found[1]) < int(match[1]):
+            older.append((int(found[1]), entry.path))
+    return [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for _, path in sorted(older, reverse=True)]

@@ -1,0 +1,44 @@
+"""The files of a search's run folder (RUN = STORAGE/NAME) that several modules read: no Ray here.
+
+search.py writes them, results.py fills the tables, report.py reads them on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import UserError
+
+RUN_RECORD = "tuner.json"  # what resume needs: the space file's path, the run settings, the fixed values
+STUDY_FILE = "optuna.db"  # the search's Optuna study (SQLite): optuna-dashboard and optuna.load_study read it
+# Ray's bookkeeping in each result that says nothing about the model; left out of epochs.parquet.
+RAY_COLUMNS = frozenset({"done", "should_checkpoint", "date", "timestamp", "time_this_iter_s", "pid", "hostname",
+                         "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
+                         "config"})
+_RECORD_KEYS = ("space", "settings", "fixed", "searched")
+
+
+def not_a_run(run: str) -> UserError:
+    return UserError(f"{run!r} is not a tuner run (no {RUN_RECORD}); pass a run folder STORAGE/NAME made by "
+                     f"tuner search")
+
+
+def damaged_record(run: str, err: Exception) -> UserError:
+    return UserError(f"{run!r}: {RUN_RECORD} is not valid JSON ({err}); the run record is damaged, restore it "
+                     f"or start a new search")
+
+
+def parse_run_record(text: str | None, run: str) -> dict[str, Any]:
+    """RUN/tuner.json's content, checked: a missing or damaged record is a one-line UserError."""
+    if text is None:
+        raise not_a_run(run)
+    try:
+        record = json.loads(text)
+    except ValueError as err:
+        raise damaged_record(run, err) from None
+    missing = [key for key in _RECORD_KEYS if not isinstance(record, dict) or key not in record]
+    if missing or not isinstance(record["settings"], dict):
+        raise UserError(f"{run!r}: {RUN_RECORD} lacks {', '.join(missing) or 'a settings object'}; the run "
+                        f"record is damaged, restore it or start a new search")
+    return record
