@@ -143,7 +143,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.first_step_at: float | None = None  # wall-clock time the first training step began
         self._banks: dict[str, cache.FeatureBank] | None = None
-        # Called with (trainer, step) before every training step. A test hook: tuner/trainable.py
+        # Called with (trainer, step) before every training step. A test hook: tuner/faults.py
         # injects faults through it when TUNER_FAULT is set; None (nothing called) otherwise.
         self.step_hook: Callable[[Trainer, int], None] | None = None
 
