@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -24,3 +27,38 @@ def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo") / "data"
     write_demo_data(root)
     return root
+
+
+# A small real search (resnet18 at 32 px, 6 trials, ASHA): shared by the tests of the search and of its report.
+SEARCH_SPACE = """
+SETTINGS = {"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 32, "trials": 6,
+            "max_epochs": 3, "grace_period": 1, "reduction_factor": 2, "max_concurrent": 2}
+
+def space(trial):
+    depth = trial.suggest_int("unfreeze_depth", 0, 2)
+    trial.suggest_float("lr_head", 1e-4, 1e-2, log=True)
+    for stage in ("layer4", "layer3")[:depth]:
+        trial.suggest_float(f"lr_{stage}", 1e-5, 1e-3, log=True)
+    trial.suggest_float("aug_strength", 0.0, 0.5)
+"""
+
+
+@pytest.fixture(scope="session")
+def search_root(tmp_path_factory):
+    """ROOT/data (small demo data with a test split) and ROOT/space.py (SEARCH_SPACE); runs go to ROOT/runs."""
+    root = tmp_path_factory.mktemp("search")
+    write_demo_data(root / "data", train_per_class=20, val_per_class=8, test_per_class=4)
+    (root / "space.py").write_text(textwrap.dedent(SEARCH_SPACE))
+    return root
+
+
+@pytest.fixture(scope="session")
+def finished_search(search_root):
+    """(RUN, stdout) of SEARCH_SPACE searched to the end through the command line, as a user would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner", "search", "--space", str(search_root / "space.py"),
+         "--data", str(search_root / "data"), "--storage", str(search_root / "runs"), "--name", "full"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return search_root / "runs" / "full", result.stdout

@@ -6,8 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import pytest
 from PIL import Image
 
 from tuner import data
-from tuner.demo_data import write_demo_data
 from tuner.errors import UserError
 from tuner.report import (
     best_model_analysis,
@@ -27,34 +24,14 @@ from tuner.report import (
     write_report,
 )
 
-SPACE = """
-SETTINGS = {"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 32, "trials": 5,
-            "max_epochs": 3, "grace_period": 1, "reduction_factor": 2, "max_concurrent": 2}
-
-def space(trial):
-    depth = trial.suggest_int("unfreeze_depth", 0, 2)
-    trial.suggest_float("lr_head", 1e-4, 1e-2, log=True)
-    for stage in ("layer4", "layer3")[:depth]:
-        trial.suggest_float(f"lr_{stage}", 1e-5, 1e-3, log=True)
-    trial.suggest_float("aug_strength", 0.0, 0.5)
-"""
 FIGURES = ("best_so_far.png", "learning_curves.png", "importance.png", "hyperparameters.png", "parallel.png",
            "confusion.png", "per_class.png", "misclassified.png")
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished 5-trial search, run through the command line as a user would."""
-    root = tmp_path_factory.mktemp("report")
-    write_demo_data(root / "data", train_per_class=20, val_per_class=8, test_per_class=4)
-    (root / "space.py").write_text(textwrap.dedent(SPACE))
-    result = subprocess.run(
-        [sys.executable, "-m", "tuner", "search", "--space", str(root / "space.py"), "--data", str(root / "data"),
-         "--storage", str(root / "runs"), "--name", "full"],
-        check=False, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root / "runs" / "full"
+def finished(finished_search):
+    """The session's finished 6-trial search (conftest.py)."""
+    return finished_search[0]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +116,7 @@ def test_the_page_links_only_files_that_exist_beside_it(report):
 def test_the_top_trials_table_matches_trials_parquet(finished, report):
     trials = {row["trial_id"]: row for row in pq.read_table(finished / "trials.parquet").to_pylist()}
     table = _page(report).table()
-    assert len(table) == len(trials) == 5  # top 10 of 5 trials: all of them
+    assert len(table) == len(trials) == 6  # top 10 of 6 trials: all of them
     assert [float(r["val_acc"]) for r in table] == sorted((float(r["val_acc"]) for r in table), reverse=True)
     searched = json.loads((finished / "tuner.json").read_text())["searched"]
     for cells in table:
@@ -161,7 +138,7 @@ def test_the_page_states_the_weights_and_the_summary_counts_the_trials(finished,
     lines = summary_lines(str(finished), report)
     completed = sum(r["status"] == "completed" for r in trials)
     stopped = sum(r["status"] == "stopped_early" for r in trials)
-    assert f"5 trials: {completed} completed, {stopped} stopped early by ASHA, 0 errored, 0 running" in lines[0]
+    assert f"6 trials: {completed} completed, {stopped} stopped early by ASHA, 0 errored, 0 running" in lines[0]
     assert f"{epochs} trial-epochs" in lines[0]
     best = max(trials, key=lambda r: r["val_acc"])
     assert f"val_acc {best['val_acc']:.4f}" in lines[1]
@@ -228,7 +205,7 @@ def test_a_run_at_a_file_uri_is_reported_into_a_local_folder(finished, tmp_path,
     assert page == tmp_path / "report-full" / "index.html"
     for name in FIGURES:  # best/model.pt and the tables came through pyarrow.fs
         assert (page.parent / name).is_file(), name
-    assert len(_page(page).table()) == 5
+    assert len(_page(page).table()) == 6
 
 
 @pytest.mark.slow
@@ -257,7 +234,7 @@ def test_importance_comes_from_the_stored_study_else_from_the_table(finished, tm
     with open_run(str(run)) as loaded:
         study.add_trials(_frozen_trials(rows, loaded.searched))
         stored = param_importances(loaded)
-    assert "RUN/optuna.db" in stored.source and "5 completed trials" in stored.source
+    assert "RUN/optuna.db" in stored.source and f"{len(rows)} completed trials" in stored.source
     assert stored.values and set(stored.values) <= set(loaded.searched)
     assert sum(stored.values.values()) == pytest.approx(1.0)
     assert list(stored.values.values()) == sorted(stored.values.values(), reverse=True)

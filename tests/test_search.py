@@ -6,7 +6,6 @@ import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 
 import optuna
@@ -16,30 +15,13 @@ import torch
 
 from tuner import cache, data
 from tuner.checkpoint import load_checkpoint
-from tuner.demo_data import write_demo_data
 from tuner.results import evaluate_payload
 
 pytestmark = pytest.mark.slow
 
-SPACE = """
-SETTINGS = {"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 32, "trials": 6,
-            "max_epochs": 3, "grace_period": 1, "reduction_factor": 2, "max_concurrent": 2}
-
-def space(trial):
-    depth = trial.suggest_int("unfreeze_depth", 0, 2)
-    trial.suggest_float("lr_head", 1e-4, 1e-2, log=True)
-    for stage in ("layer4", "layer3")[:depth]:
-        trial.suggest_float(f"lr_{stage}", 1e-5, 1e-3, log=True)
-    trial.suggest_float("aug_strength", 0.0, 0.5)
-"""
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search")
-    write_demo_data(root / "data", train_per_class=20, val_per_class=8, test_per_class=4)
-    (root / "space.py").write_text(textwrap.dedent(SPACE))
-    return root
+def setup(search_root):
+    return search_root
 
 
 def tuner_command(*args):
@@ -47,14 +29,8 @@ def tuner_command(*args):
 
 
 @pytest.fixture(scope="module")
-def finished(setup):
-    result = subprocess.run(
-        tuner_command("search", "--space", str(setup / "space.py"), "--data", str(setup / "data"),
-                      "--storage", str(setup / "runs"), "--name", "full"),
-        capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return setup / "runs" / "full", result.stdout
+def finished(finished_search):
+    return finished_search
 
 
 def test_every_trial_has_a_row_with_its_hyperparameters(finished):
