@@ -80,7 +80,15 @@ def load_torch(path: str | Path, *, shown: str | None = None) -> Any:
     try:
         return _verified_load(Path(path))
     except Exception as err:  # a zip without its directory, a failed checksum, a pickle weights_only refuses
-        raise CorruptCheckpoint(f"checkpoint {shown or str(path)} is damaged ({first_line(err)[:200]})") from None
+        raise CorruptCheckpoint(f"checkpoint {shown or str(path)} is damaged ({_load_failure(err)})") from None
+
+
+def _load_failure(err: Exception) -> str:
+    """Why a file did not load, in a few words; torch's own text for a refused pickle advises
+    weights_only=False, which is never passed on."""
+    if "Weights only load failed" in str(err):
+        return "not a PyTorch file of tensors and plain data"
+    return first_line(err)[:160]
 
 
 def save_text(text: str, path: Path) -> None:
@@ -101,10 +109,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = _verified_load(path)
     except Exception as err:  # corrupt zip, pickle that weights_only refuses, not a torch file at all
-        # torch's own text for a refused pickle advises weights_only=False: never pass that on.
-        reason = ("not a PyTorch file of tensors and plain data" if "Weights only load failed" in str(err)
-                  else first_line(err)[:160])
-        raise UserError(f"{str(path)!r} is not a readable tuner checkpoint ({reason}); pass a best/model.pt "
+        raise UserError(f"{str(path)!r} is not a readable tuner checkpoint ({_load_failure(err)}); pass a best/model.pt "
                         f"written by tuner train or tuner search") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(

@@ -31,9 +31,10 @@ from . import figures
 from .config import METRICS, field_names, is_better
 from .errors import UserError, first_line
 from .run_files import RAY_COLUMNS, RUN_RECORD, STUDY_FILE, damaged_record, not_a_run, parse_run_record
+from .run_files import STATUSES as FINISHED_STATUSES
 from .storage import filesystem, is_uri
 
-STATUSES = ("completed", "stopped_early", "diverged", "errored", "running")
+STATUSES = (*FINISHED_STATUSES, "running")  # a search still going has trials without an outcome yet
 
 
 # --- reading a run -------------------------------------------------------------------------------

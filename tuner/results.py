@@ -17,11 +17,10 @@ from .config import METRICS, field_names, is_better, make_config
 from .engine import Diverged, Trainer
 from .errors import first_line
 from .faults import fault_point
-from .run_files import RAY_COLUMNS
+from .run_files import RAY_COLUMNS, STATUSES
 from .trainable import load_trainer_state
 
 
-STATUSES = ("completed", "stopped_early", "diverged", "errored")
 
 
 def trial_status(result, max_epochs: int) -> str:

@@ -16,6 +16,8 @@ STUDY_FILE = "optuna.db"  # the search's Optuna study (SQLite): optuna-dashboard
 RAY_COLUMNS = frozenset({"done", "should_checkpoint", "date", "timestamp", "time_this_iter_s", "pid", "hostname",
                          "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
                          "config"})
+# A trial's status in trials.parquet (stopped_early: by ASHA or the time budget; diverged: a NaN/inf loss).
+STATUSES = ("completed", "stopped_early", "diverged", "errored")
 _RECORD_KEYS = ("space", "settings", "fixed", "searched")
 
 
