@@ -1,8 +1,8 @@
 """Feature extraction: the backbone stays frozen; only the new head and its regularisation are searched."""
 
-SETTINGS = {"max_epochs": 8, "grace_period": 2, "reduction_factor": 3, "trials": 16}
+SETTINGS = {"reduction_factor": 3, "trials": 16}  # the budget is sized by the training set
 
-START = [{"lr_head": 1e-3, "aug_strength": 0.5}]  # the seed tutorial's head-only run
+START = [{"lr_head": 1e-3, "aug_strength": 0.5}]  # the seed tutorial's head-only run, from a probe head
 
 
 def space(trial):

@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from tuner.__main__ import main
+from tuner.budget import search_budget
 from tuner.demo_data import write_demo_data
 from tuner.settings import RunSettings
 
@@ -79,7 +80,7 @@ CASES = [
          "{tmp}/trained"),
     case("train-resume-with-other-hyperparameters",
          "train --data {tmp}/data --out {tmp}/trained --resume --set lr_head=0.5",
-         "only epochs may change", "lr_head"),
+         "only epochs or steps may change", "lr_head"),
     case("train-cuda-without-gpu", "train --data {tmp}/data --device cuda", "no CUDA GPU", "'cuda'",
          marks=NO_GPU),
     # --- search ---
@@ -163,7 +164,7 @@ def _build_tree(root: Path) -> None:
     settings = dataclasses.asdict(RunSettings(data=str(data), storage=str(root / "runs"), name="existing"))
     record = {"space": str(spaces / "good.py"), "settings": settings, "searched": ["lr_head"],
               "fixed": {"model": "resnet18", "weights": "none", "image_size": 32, "metric": "val_acc"},
-              "weights_choice": None}
+              "weights_choice": None, "budget": search_budget(8 * 6, 32).to_dict()}
     (existing / "tuner.json").write_text(json.dumps(record, indent=2))
     (root / "runs" / "corrupt").mkdir()
     (root / "runs" / "corrupt" / "tuner.json").write_text('{"space": "good.py", "settings": {')

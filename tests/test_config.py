@@ -73,7 +73,20 @@ def test_config_file_errors(tmp_path):
     assert load_config_file(good) == {"epochs": 3}
 
 
-@pytest.mark.parametrize("name", ["warmup_epochs", "lr_head", "lr_decay", "weight_decay"])
+@pytest.mark.parametrize("name", ["probe_l2", "lr_head", "lr_decay", "weight_decay"])
 def test_infinite_values_are_refused(name):
     with pytest.raises(UserError, match=f"{name} must be a finite number"):
         make_config({name: float("inf")})
+
+
+def test_lr_decay_defaults_to_one_from_random_init_and_to_the_seeds_tenth_with_pretrained_weights():
+    random_init = make_config({"weights": "none", "lr_head": 1e-3}).stage_lrs()
+    assert set(random_init.values()) == {1e-3}  # layer1 would get 1e-7 with 0.1: nothing to keep there
+    pretrained = make_config({"lr_head": 1e-3}).stage_lrs()
+    assert pretrained["layer4"] == pytest.approx(1e-4) and pretrained["layer1"] == pytest.approx(1e-7)
+    assert make_config({"weights": "none", "lr_decay": 0.5}).stage_lrs()["layer4"] == pytest.approx(5e-4)
+
+
+def test_head_init_names_its_choices():
+    with pytest.raises(UserError, match="head_init='linear' is not allowed; choose one of auto, probe, random"):
+        make_config({"head_init": "linear"})

@@ -41,17 +41,18 @@ def test_gradual_unfreezing_switches_at_the_right_epochs(small_splits):
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    config = tiny_config(epochs=10, warmup_epochs=2, schedule="cosine")
-    assert lr_factor(config, 0, 0, 10) == pytest.approx(0.05)
-    assert lr_factor(config, 1, 9, 10) == pytest.approx(1.0)
-    assert lr_factor(config, 2, 0, 10) == pytest.approx(1.0)
-    assert lr_factor(config, 6, 0, 10) == pytest.approx(0.5)
-    assert lr_factor(config, 9, 9, 10) < 0.01
+    config = tiny_config(warmup_steps=20, schedule="cosine")
+    assert lr_factor(config, 0, 100, 10) == pytest.approx(0.05)
+    assert lr_factor(config, 19, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(config, 20, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(config, 60, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(config, 99, 100, 10) < 0.01
 
 
 def test_step_schedule_matches_the_seeds_steplr():
-    config = tiny_config(epochs=20, schedule="step", step_size=7, gamma=0.1)
-    assert [lr_factor(config, e, 0, 5) for e in (0, 6, 7, 13, 14)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    config = tiny_config(schedule="step", step_size=7, gamma=0.1)
+    steps = [e * 5 for e in (0, 6, 7, 13, 14)]  # the first step of those epochs, 5 steps an epoch
+    assert [lr_factor(config, s, 100, 5) for s in steps] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
 
 
 def test_resume_from_a_checkpoint_continues_exactly(small_splits, tmp_path):
@@ -124,6 +125,22 @@ def test_top5_is_reported_with_ten_or_more_classes(small_splits):
 
 
 def test_warmup_never_goes_above_the_base_rate():
-    config = tiny_config(epochs=4, warmup_epochs=0.5)
-    factors = [lr_factor(config, 0, step, 3) for step in range(3)]
+    config = tiny_config(warmup_steps=2)
+    factors = [lr_factor(config, step, 12, 3) for step in range(3)]
     assert max(factors) == 1.0 and factors[0] < 1.0
+
+
+def test_a_run_of_steps_stops_inside_an_epoch_and_its_schedule_ends_there(small_splits):
+    trainer = Trainer(tiny_config(steps=5, batch_size=16, schedule="cosine"), small_splits)
+    assert trainer.epoch_steps == 8  # 128 images of batch 16
+    metrics = trainer.run_round(3)
+    assert (trainer.step, trainer.epoch, metrics["step"]) == (5, 1, 5)
+    assert metrics["lr/head"] == pytest.approx(trainer.config.lr_head * lr_factor(trainer.config, 4, 5, 8))
+    assert trainer.run_round(1)["step"] == 5  # the budget is spent: nothing more trains
+
+
+def test_a_round_of_epochs_reports_once_with_the_steps_it_took(small_splits):
+    trainer = Trainer(tiny_config(epochs=4), small_splits)
+    first = trainer.run_round(2)
+    assert (first["epoch"], first["step"], len(trainer.history)) == (2, 2 * trainer.epoch_steps, 1)
+    assert trainer.run_round(2)["step"] == trainer.total_steps == 4 * trainer.epoch_steps

@@ -6,36 +6,36 @@ from types import SimpleNamespace
 from tuner.progress import ProgressPrinter
 
 
-def trial(trial_id, status="RUNNING", epochs=0):
-    return SimpleNamespace(trial_id=trial_id, status=status, last_result={"training_iteration": epochs},
+def trial(trial_id, status="RUNNING", spent=0):
+    return SimpleNamespace(trial_id=trial_id, status=status, last_result={"budget_steps": spent},
                            error_file=None)
 
 
 def test_one_line_per_result_with_bests_and_counts():
     out = io.StringIO()
-    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=2, stream=out)
-    a, b = trial("a", epochs=1), trial("b", status="TERMINATED", epochs=1)
-    printer.on_trial_result(0, [a, b], a, {"val_acc": 0.5, "training_iteration": 1})
-    printer.on_trial_result(0, [a, b], a, {"val_acc": 0.4, "training_iteration": 2})
+    printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=2, stream=out)
+    a, b = trial("a", spent=1), trial("b", status="TERMINATED", spent=1)
+    printer.on_trial_result(0, [a, b], a, {"val_acc": 0.5, "budget_steps": 1, "epoch": 1})
+    printer.on_trial_result(0, [a, b], a, {"val_acc": 0.4, "budget_steps": 2, "epoch": 2})
     lines = out.getvalue().splitlines()
-    assert "trial   1 epoch   2: val_acc 0.4000 (trial best 0.5000, search best 0.5000)" in lines[1]
+    assert "trial   1 step     2 (epoch   2): val_acc 0.4000 (trial best 0.5000, search best 0.5000)" in lines[1]
     assert "running 1, stopped early 1, done 0 of 2" in lines[1]
 
 
 def test_a_nan_or_missing_metric_does_not_crash_the_search():
     out = io.StringIO()
-    printer = ProgressPrinter("val_loss", "min", max_epochs=3, trials=1, stream=out)
-    a = trial("a", epochs=1)
-    printer.on_trial_result(0, [a], a, {"val_loss": float("nan"), "training_iteration": 1})
-    printer.on_trial_result(0, [a], a, {"training_iteration": 2})
+    printer = ProgressPrinter("val_loss", "min", budget_steps=3, trials=1, stream=out)
+    a = trial("a", spent=1)
+    printer.on_trial_result(0, [a], a, {"val_loss": float("nan"), "budget_steps": 1, "epoch": 1})
+    printer.on_trial_result(0, [a], a, {"budget_steps": 2, "epoch": 2})
     assert "val_loss nan (trial best -, search best -)" in out.getvalue()
 
 
 def test_a_diverged_trial_is_reported_and_counted_as_diverged_not_stopped_early():
     out = io.StringIO()
-    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=3, stream=out)
-    a, b = trial("a", status="TERMINATED", epochs=2), trial("b", status="TERMINATED", epochs=1)
-    c = trial("c", status="TERMINATED", epochs=3)
+    printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=3, stream=out)
+    a, b = trial("a", status="TERMINATED", spent=2), trial("b", status="TERMINATED", spent=1)
+    c = trial("c", status="TERMINATED", spent=3)
     a.last_result.update(diverged=True, train_loss=float("nan"))
     b.last_result.update(diverged=False)
     for t in (a, b, c):
@@ -43,30 +43,30 @@ def test_a_diverged_trial_is_reported_and_counted_as_diverged_not_stopped_early(
     printer.on_trial_complete(0, [a, b, c], a)
     printer.on_trial_complete(0, [a, b, c], b)
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("trial 1 diverged (training loss nan) after 2 epochs")
+    assert lines[0].startswith("trial 1 diverged (training loss nan) after 2 steps")
     assert "ASHA" not in lines[0]
     assert lines[0].endswith("| running 0, stopped early 1, done 1, diverged 1 of 3")
-    assert lines[1].startswith("trial 2 stopped early by ASHA after 1 epochs")
+    assert lines[1].startswith("trial 2 stopped early by ASHA after 1 steps")
 
 
 def test_no_diverged_count_while_no_trial_diverged():
     out = io.StringIO()
-    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=1, stream=out)
-    a = trial("a", status="TERMINATED", epochs=3)
+    printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=1, stream=out)
+    a = trial("a", status="TERMINATED", spent=3)
     printer.on_trial_complete(0, [a], a)
-    assert out.getvalue().strip().endswith("trial ? completed after 3 epochs | running 0, stopped early 0, done 1 of 1")
+    assert out.getvalue().strip().endswith("trial ? completed after 3 steps | running 0, stopped early 0, done 1 of 1")
 
 
 def test_a_warning_in_a_result_gets_its_own_line():
     out = io.StringIO()
-    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=1, stream=out)
-    a = trial("a", epochs=2)
+    printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=1, stream=out)
+    a = trial("a", spent=2)
     warning = "checkpoint /x/checkpoint_000001/trainer.pt is damaged; resumed from epoch 1"
-    printer.on_trial_result(0, [a], a, {"val_acc": 0.5, "training_iteration": 2, "warning": warning})
-    printer.on_trial_result(0, [a], a, {"val_acc": 0.6, "training_iteration": 3})
+    printer.on_trial_result(0, [a], a, {"val_acc": 0.5, "budget_steps": 2, "epoch": 2, "warning": warning})
+    printer.on_trial_result(0, [a], a, {"val_acc": 0.6, "budget_steps": 3, "epoch": 3})
     lines = out.getvalue().splitlines()
     assert lines[0] == f"trial 1 warning: {warning}"
-    assert "epoch   2" in lines[1] and "epoch   3" in lines[2] and len(lines) == 3
+    assert "step     2" in lines[1] and "step     3" in lines[2] and len(lines) == 3
 
 
 # What Ray writes to a trial's error.txt (Trial.handle_error): a header per failure, then the trace.
@@ -86,27 +86,27 @@ RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 2
 
 def test_a_failed_trial_prints_its_error_not_a_path(tmp_path):
     out = io.StringIO()
-    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=1, stream=out)
-    a = trial("a", status="ERROR", epochs=1)
+    printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=1, stream=out)
+    a = trial("a", status="ERROR", spent=1)
     a.error_file = str(tmp_path / "error.txt")
     (tmp_path / "error.txt").write_text(ERROR_TXT)
     printer.on_trial_start(0, [a], a)
     printer.on_trial_error(0, [a], a)
-    assert out.getvalue().strip() == ("trial 1 failed after 1 epochs: RuntimeError: injected fault (TUNER_FAULT) "
+    assert out.getvalue().strip() == ("trial 1 failed after 1 steps: RuntimeError: injected fault (TUNER_FAULT) "
                                       "at epoch 2, step 2 | running 0, stopped early 0, done 0, errored 1 of 1")
 
 
 def test_the_error_comes_from_ray_storage_when_there_is_no_local_file(tmp_path):
     out = io.StringIO()
-    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=1, stream=out)
-    a = trial("a", status="ERROR", epochs=0)
+    printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=1, stream=out)
+    a = trial("a", status="ERROR", spent=0)
     a.error_file = str(tmp_path / "gone.txt")
     a.get_error = lambda: ERROR_TXT.split("Failure # 2")[0]
     printer.on_trial_error(0, [a], a)
-    assert "failed after 0 epochs: RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 1 |" in out.getvalue()
+    assert "failed after 0 steps: RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 1 |" in out.getvalue()
     b = trial("b", status="ERROR")
     printer.on_trial_error(0, [b], b)
-    assert "failed after 0 epochs: no error message recorded |" in out.getvalue()
+    assert "failed after 0 steps: no error message recorded |" in out.getvalue()
 
 
 def test_a_retried_trial_says_so_with_its_failure_count(tmp_path):
@@ -114,8 +114,8 @@ def test_a_retried_trial_says_so_with_its_failure_count(tmp_path):
 
     assert hasattr(tune.Callback, "on_trial_recover")  # the hook Ray calls before it retries a trial
     out = io.StringIO()
-    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=2, stream=out)
-    a, b = trial("a", status="PENDING", epochs=1), trial("b", status="PENDING")
+    printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=2, stream=out)
+    a, b = trial("a", status="PENDING", spent=1), trial("b", status="PENDING")
     a.error_file = str(tmp_path / "error.txt")
     (tmp_path / "error.txt").write_text(ERROR_TXT.split("Failure # 2")[0])
     a.num_failures, a.max_failures, a.checkpoint = 1, 2, object()
@@ -144,7 +144,7 @@ def test_the_error_of_a_real_ray_trial_is_read_from_the_file_ray_writes(tmp_path
     real = LocalTrial("train_trial", stub=True, storage=storage, max_failures=1)
     (tmp_path / "staging").mkdir()
     out = io.StringIO()
-    printer = ProgressPrinter("val_acc", "max", max_epochs=3, trials=1, stream=out)
+    printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=1, stream=out)
     for step, hook in ((1, printer.on_trial_recover), (2, printer.on_trial_error)):
         try:
             raise RuntimeError(f"injected fault (TUNER_FAULT) at epoch 2, step {step}")
@@ -154,6 +154,6 @@ def test_the_error_of_a_real_ray_trial_is_read_from_the_file_ray_writes(tmp_path
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("trial ? failed, restarting from the start, no checkpoint yet (failure 1 of 1): "
                                "RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 1")
-    assert lines[1].startswith("trial ? failed after 0 epochs: RuntimeError: injected fault (TUNER_FAULT) at "
+    assert lines[1].startswith("trial ? failed after 0 steps: RuntimeError: injected fault (TUNER_FAULT) at "
                                "epoch 2, step 2 |")
     assert real.error_file not in out.getvalue()

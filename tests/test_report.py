@@ -121,8 +121,8 @@ def test_the_top_trials_table_matches_trials_parquet(finished, report):
     searched = json.loads((finished / "tuner.json").read_text())["searched"]
     for cells in table:
         row = trials[cells["trial_id"]]
-        assert cells["status"] == row["status"] and int(cells["epochs"]) == row["epochs"]
-        assert int(cells["best_epoch"]) == row["best_epoch"]
+        assert cells["status"] == row["status"] and int(cells["steps"]) == row["steps"]
+        assert int(cells["best_step"]) == row["best_step"]
         for name in ["val_acc", *searched]:
             if row[name] is None:  # a frozen stage's learning rate
                 assert cells[name] == ""
@@ -139,7 +139,7 @@ def test_the_page_states_the_weights_and_the_summary_counts_the_trials(finished,
     completed = sum(r["status"] == "completed" for r in trials)
     stopped = sum(r["status"] == "stopped_early" for r in trials)
     assert f"6 trials: {completed} completed, {stopped} stopped early by ASHA, 0 errored, 0 running" in lines[0]
-    assert f"{epochs} trial-epochs" in lines[0]
+    assert f"{epochs} reports" in lines[0]
     best = max(trials, key=lambda r: r["val_acc"])
     assert f"val_acc {best['val_acc']:.4f}" in lines[1]
     assert any("random init (weights none)" in line for line in lines)
@@ -186,7 +186,7 @@ def test_a_running_search_is_reported_from_the_trials_result_files(finished, tmp
     page = write_report(str(run))
     table = {row["trial_id"]: row for row in _page(page).table()}
     assert set(table) == set(trials)  # every trial, from its result.json
-    assert table[busy]["status"] == "running" and table[busy]["epochs"] == "1"
+    assert table[busy]["status"] == "running" and table[busy]["steps"] == "5"
     for trial_id, row in trials.items():
         if trial_id != busy:
             assert table[trial_id]["status"] == row["status"]
@@ -303,13 +303,15 @@ def test_a_folder_that_is_not_a_run_is_a_user_error(tmp_path, make):
 NAN = float("nan")
 RECORD = {"space": "space.py", "fixed": {"weights": "none"}, "searched": ["lr_head", "aug_strength"],
           "settings": {"metric": "val_acc", "max_epochs": 3, "grace_period": 1, "reduction_factor": 2,
-                       "data": "/nowhere"}}
+                       "data": "/nowhere"},
+          "budget": {"steps": 3, "round_steps": 1, "grace_steps": 1, "reason": "--max-epochs 3 x 1 steps"}}
 WARNING = "checkpoint trial_c/checkpoint_000001/trainer.pt is damaged; resumed from epoch 1"
 DIVERGED_ERROR = "training diverged in epoch 2: loss is nan; lower the learning rates"
 
 
 def _epoch(trial_id, epoch, val_acc, **extra):
-    return {"trial_id": trial_id, "training_iteration": epoch, "epoch": epoch, "val_acc": val_acc,
+    return {"trial_id": trial_id, "training_iteration": epoch, "epoch": epoch, "step": epoch, "budget_steps": epoch,
+            "val_acc": val_acc,
             "val_loss": NAN if math.isnan(val_acc) else 1.0 - val_acc, "train_loss": 1.0,
             "reported_at": 1000.0 + 60 * epoch + ord(trial_id[-1]), "time_total_s": 60.0 * epoch,
             "diverged": False, **extra}
@@ -329,8 +331,8 @@ def _problem_epochs() -> dict[str, list[dict]]:
 
 def _problem_trials() -> list[dict]:
     def row(trial_id, status, epochs, best_epoch, val_acc, lr, error=None, warning=None):
-        return {"trial_id": trial_id, "status": status, "epochs": epochs, "stopped_early": status == "stopped_early",
-                "best_epoch": best_epoch, "val_acc": val_acc, "val_loss": None if val_acc is None else 1 - val_acc,
+        return {"trial_id": trial_id, "status": status, "epochs": epochs, "steps": epochs, "budget_steps": epochs,
+                "stopped_early": status == "stopped_early", "best_epoch": best_epoch, "best_step": best_epoch, "val_acc": val_acc, "val_loss": None if val_acc is None else 1 - val_acc,
                 "seconds": 60.0 * epochs, "node": "n", "error": error, "warning": warning,
                 "lr_head": lr, "aug_strength": lr * 10}
 

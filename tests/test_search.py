@@ -37,8 +37,8 @@ def test_every_trial_has_a_row_with_its_hyperparameters(finished):
     run, _ = finished
     trials = pq.read_table(run / "trials.parquet").to_pylist()
     assert len(trials) == 6
-    assert {"trial_id", "status", "epochs", "stopped_early", "val_acc", "val_loss", "seconds",
-            "unfreeze_depth", "lr_head", "lr_layer4", "lr_layer3", "aug_strength"} <= set(trials[0])
+    assert {"trial_id", "status", "epochs", "steps", "budget_steps", "stopped_early", "val_acc", "val_loss",
+            "best_step", "best_epoch", "seconds", "unfreeze_depth", "lr_head", "lr_layer4", "lr_layer3", "aug_strength"} <= set(trials[0])
     for row in trials:  # a frozen stage has no learning rate
         assert (row["lr_layer4"] is None) == (row["unfreeze_depth"] < 1)
         assert (row["lr_layer3"] is None) == (row["unfreeze_depth"] < 2)
@@ -47,11 +47,33 @@ def test_every_trial_has_a_row_with_its_hyperparameters(finished):
 def test_asha_stops_weak_trials_early(finished):
     run, output = finished
     trials = pq.read_table(run / "trials.parquet").to_pylist()
-    assert sum(row["epochs"] for row in trials) < 6 * 3
+    assert sum(row["budget_steps"] for row in trials) < 6 * 15
     assert any(row["stopped_early"] for row in trials)
     assert "stopped early by ASHA" in output
     epochs = pq.read_table(run / "epochs.parquet").to_pylist()
-    assert len(epochs) == sum(row["epochs"] for row in trials)
+    assert len(epochs) == sum(row["budget_steps"] // 5 for row in trials)  # a report every 5 budget steps
+
+
+def test_budgets_are_steps_recorded_in_both_tables(finished):
+    """160 images of batch 32: a 15-step budget is 3 rounds of one 5-step epoch; ASHA decides at 5 and 10.
+    A head-only trial (unfreeze_depth 0) takes 10 optimizer steps a budget step: rounds of 10 epochs."""
+    run, output = finished
+    record = json.loads((run / "tuner.json").read_text())
+    assert record["budget"] == {"steps": 15, "round_steps": 5, "grace_steps": 5, "reason": "--max-steps"}
+    assert "budget 15 steps a trial (--max-steps)" in output
+    trials = pq.read_table(run / "trials.parquet").to_pylist()
+    epochs = pq.read_table(run / "epochs.parquet").to_pylist()
+    for row in trials:
+        per_budget_step = 10 if row["unfreeze_depth"] == 0 else 1
+        reports = sorted((e for e in epochs if e["trial_id"] == row["trial_id"]), key=lambda e: e["step"])
+        assert [e["budget_steps"] for e in reports] == [5 * (i + 1) for i in range(len(reports))]
+        assert [e["step"] for e in reports] == [5 * per_budget_step * (i + 1) for i in range(len(reports))]
+        assert row["steps"] == reports[-1]["step"] == row["budget_steps"] * per_budget_step
+        assert row["epochs"] == row["steps"] // 5
+        assert row["status"] == ("completed" if row["budget_steps"] == 15 else "stopped_early")
+        best = max(reports, key=lambda e: (e["val_acc"], e["step"]))  # ties: the later round, as Ray keeps
+        assert (row["best_step"], row["val_acc"]) == (best["step"], best["val_acc"])
+    assert {row["budget_steps"] for row in trials} <= {5, 10, 15} and 15 in {row["budget_steps"] for row in trials}
 
 
 def test_trials_reuse_worker_processes_and_share_the_node_cache(finished, node_cache, setup):
@@ -110,16 +132,26 @@ def test_the_optuna_study_is_stored_in_the_run_folder_and_matches_the_table(fini
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'optuna.db'}")
     trials = {row["trial_id"]: row for row in pq.read_table(run / "trials.parquet").to_pylist()}
     assert study.study_name == "full" and len(study.trials) == len(trials) == 6
+    epochs = pq.read_table(run / "epochs.parquet").to_pylist()
     for trial in study.trials:
         row = trials[trial.user_attrs["trial_id"]]
-        assert trial.state == optuna.trial.TrialState.COMPLETE
-        assert trial.value == pytest.approx(row["val_acc"])  # the best epoch, as in the table
+        reports = {e["budget_steps"]: e["val_acc"] for e in epochs if e["trial_id"] == row["trial_id"]}
+        assert trial.intermediate_values == pytest.approx(reports)  # every round, at its budget step
+        if row["status"] == "stopped_early":  # ASHA's decision reaches Optuna: PRUNED where it stopped
+            assert trial.state == optuna.trial.TrialState.PRUNED
+            last = max(trial.intermediate_values)
+            assert last == row["budget_steps"] and trial.value == trial.intermediate_values[last]  # Optuna's rule
+        else:
+            assert trial.state == optuna.trial.TrialState.COMPLETE
+            assert trial.value == pytest.approx(row["val_acc"])  # the best round, as in the table
         assert trial.params["lr_head"] == pytest.approx(row["lr_head"])
+    states = {t.state for t in study.trials}
+    assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
 
 
 def test_progress_lines_replace_rays_log(finished):
     _, output = finished
-    assert "trial   1 epoch   1: val_acc" in output and "search best" in output
+    assert "trial   1 step     5 (epoch   1): val_acc" in output and "search best" in output
     assert "top trials by val_acc" in output and "best model:" in output
 
 

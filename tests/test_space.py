@@ -33,7 +33,7 @@ def test_finetune_suggests_stage_rates_only_for_unfrozen_stages():
     space = load_space("finetune")
     function = space.define_by_run()
     for depth in range(5):
-        trial = optuna.trial.FixedTrial({"unfreeze_depth": depth, "lr_head": 1e-3, "aug_strength": 0.3,
+        trial = optuna.trial.FixedTrial({"unfreeze_depth": depth, "head_init": "probe", "lr_head": 1e-3, "aug_strength": 0.3,
                                          "weight_decay": 1e-4, "label_smoothing": 0.0,
                                          **{f"lr_layer{i}": 1e-4 for i in range(1, 5)}})
         function(trial)
@@ -83,3 +83,11 @@ def test_weights_auto_is_refused_on_the_users_own_data(tmp_path):
 
     with pytest.raises(UserError, match="weights=auto is only for the built-in demo data"):
         prepare("demo", {"data": str(tmp_path)}, {})
+
+
+def test_a_space_may_not_set_a_trials_length_in_steps(tmp_path):
+    path = tmp_path / "steps.py"
+    path.write_text("def space(trial):\n    return {'steps': 100}\n")
+    space = load_space(str(path))
+    with pytest.raises(UserError, match="sets steps; a search sets a trial's length with --max-steps"):
+        check_space(space)

@@ -80,8 +80,11 @@ _SEARCH_FLAGS = (
     ("--data", str, "image folder (default: the space's demo data, if it has some)"),
     ("--metric", str, "val_acc (maximised) or val_loss (minimised)"),
     ("--trials", int, "trials to run"),
-    ("--max-epochs", int, "epochs of a trial that ASHA never stops"),
-    ("--grace-period", int, "ASHA: epochs every trial gets"),
+    ("--max-steps", int, "a trial's budget in optimizer steps, if ASHA never stops it (default: sized by the "
+                         "training set, printed when the search starts)"),
+    ("--max-epochs", int, "the budget in epochs instead of --max-steps, one report an epoch (default: none)"),
+    ("--grace-period", int, "ASHA: budget every trial gets before it can be stopped, in epochs with --max-epochs, "
+                            "else steps (default: one report's worth)"),
     ("--reduction-factor", int, "ASHA: keep the top 1/N at each rung"),
     ("--max-concurrent", int, "trials running at once"),
     ("--cpus-per-trial", float, "CPUs each trial reserves"),
@@ -117,6 +120,9 @@ def _add_search_parser(commands) -> None:
                              "trials' GPUs and CPUs to be there when the search starts")
     search.add_argument("--no-early-stopping", dest="early_stopping", action="store_false", default=None,
                         help="run every trial to --max-epochs (no ASHA); a baseline for what ASHA saves")
+    search.add_argument("--stopped-as-complete", action="store_true", default=None,
+                        help="tell Optuna a trial that ASHA stopped as complete with its best score (Ray's default) "
+                             "instead of pruned with its scores by step")
     search.add_argument("--no-reuse-workers", dest="reuse_workers", action="store_false", default=None,
                         help="start a fresh Ray worker process for every trial (Ray's default; slower turnover)")
     search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -172,17 +178,17 @@ def _resumable_checkpoint(out: Path) -> dict:
 
 
 def _train_config(args: argparse.Namespace, saved: dict | None):
-    """The run's config: --config then --set; on --resume the saved one, where only epochs may change."""
+    """The run's config: --config then --set; on --resume the saved one, where only its length may change."""
     from .config import load_config_file, make_config, parse_assignments
 
     values = load_config_file(args.config) if args.config else {}
     values.update(parse_assignments(args.set))
     if saved is None:
         return make_config(values)
-    changed = sorted(k for k, v in values.items() if k != "epochs" and saved["config"].get(k) != v)
+    changed = sorted(k for k, v in values.items() if k not in ("epochs", "steps") and saved["config"].get(k) != v)
     if changed:
         raise UserError(f"--resume keeps the run's hyperparameters, but {', '.join(changed)} differ; "
-                        f"only epochs may change (start a new --out to train another configuration)")
+                        f"only epochs or steps may change (start a new --out to train another configuration)")
     return make_config({**saved["config"], **values})
 
 
@@ -194,6 +200,8 @@ def _print_run_header(trainer, splits) -> None:
     print(f"model: {trainer.config.model}, weights: {weights['name']}"
           + (f" (sha256 {weights['sha256'][:12]})" if weights.get("sha256") else "")
           + f", device: {trainer.device}, precision: {trainer.amp_dtype or 'fp32'}")
+    print(f"length: {trainer.total_steps} optimizer steps ({trainer.epoch_steps} an epoch), head: "
+          + ("linear probe on the frozen features, then trained" if trainer.config.probes_head() else "random init"))
 
 
 class _EpochTable:
@@ -221,7 +229,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     flags = {_setting_name(flag): getattr(args, _setting_name(flag)) for flag, *_ in _SEARCH_FLAGS}
     flags.update(workers=args.workers, skip_bad_images=args.skip_bad_images or None,
                  early_stopping=args.early_stopping, autoscaling=args.autoscaling,
-                 reuse_workers=args.reuse_workers)
+                 reuse_workers=args.reuse_workers, stopped_as_complete=args.stopped_as_complete)
     run_search(args.space, flags, parse_assignments(args.set))
     return 0
 

@@ -23,6 +23,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 BN_MODES = ("train", "frozen")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+HEAD_INITS = ("auto", "probe", "random")
 METRICS = {"val_acc": "max", "val_loss": "min"}
 
 
@@ -43,7 +44,9 @@ class TrainConfig:
     lr_layer2: float | None = None
     lr_layer1: float | None = None
     lr_stem: float | None = None
-    lr_decay: float = 0.1  # head 1e-3 -> layer4 1e-4 as in the seed; lower stages keep more of ImageNet
+    # None: 0.1 with pretrained weights (head 1e-3 -> layer4 1e-4 as in the seed; lower stages keep more
+    # of what they learnt), 1.0 from random init (0.1 would leave layer1 at 1e-7: nothing to keep there).
+    lr_decay: float | None = None
     # --- optimizer and schedule ---
     optimizer: str = "adamw"  # with weight_decay 0 this is the seed's Adam
     momentum: float = 0.9  # sgd only
@@ -51,16 +54,23 @@ class TrainConfig:
     weight_decay: float = 1e-4  # mild; never applied to batch-norm or bias parameters
     label_smoothing: float = 0.0
     schedule: str = "cosine"  # smooth decay to zero suits short fine-tuning runs
-    warmup_epochs: float = 0.0  # linear warm-up protects pretrained features from the first big steps
-    step_size: int = 7  # "step" schedule: the seed's StepLR(step_size=7, gamma=0.1)
+    warmup_steps: int = 0  # linear warm-up (optimizer steps) protects pretrained features from the first big steps
+    step_size: int = 7  # "step" schedule: the seed's StepLR(step_size=7, gamma=0.1), in epochs
     gamma: float = 0.1
     # --- data ---
     image_size: int = 224  # ImageNet's training size; smaller is much faster, less accurate
     aug_strength: float = 0.5  # 0 = resize + centre crop only, 1 = strong (see data.train_transforms)
     batch_size: int = 32  # the seed's batch size
     val_fraction: float = 0.2  # used only when the data has no val/ folder
+    # --- the new head ---
+    # probe: before the first step, fit the head to convergence on the frozen backbone's features
+    # (linear probe, then fine-tune: Kumar et al. 2022), so fine-tuning starts from a fitted head instead
+    # of pushing random-head gradients into the pretrained stages. auto: probe unless weights=none.
+    head_init: str = "auto"
+    probe_l2: float | None = None  # the probe's L2 strength; None: picked by cross-validation on the training set
     # --- run ---
-    epochs: int = 10
+    epochs: int = 10  # the run's length in epochs, unless steps is set
+    steps: int | None = None  # the run's length in optimizer steps (the schedule's length); wins over epochs
     seed: int = 0  # fixes split, init of the head, shuffling and augmentation
     metric: str = "val_acc"  # which validation metric picks the best checkpoint
     precision: str = "auto"  # auto: bf16 (fp16 on old GPUs) on CUDA; bf16 on CPUs with bf16 units, else fp32
@@ -82,9 +92,19 @@ class TrainConfig:
         above = self.lr_head
         for stage in reversed(STAGES):
             explicit = getattr(self, f"lr_{stage}")
-            above = explicit if explicit is not None else above * self.lr_decay
+            above = explicit if explicit is not None else above * self.stage_decay()
             rates[stage] = above
         return rates
+
+    def stage_decay(self) -> float:
+        """lr_decay, or its default for these weights when it is None."""
+        if self.lr_decay is not None:
+            return self.lr_decay
+        return 1.0 if self.weights == "none" else 0.1
+
+    def probes_head(self) -> bool:
+        """Whether the head starts as a linear probe fitted on the frozen features (head_init resolved)."""
+        return self.head_init == "probe" or (self.head_init == "auto" and self.weights != "none")
 
 
 # The seed tutorial's fine-tuning recipe: Adam, head 1e-3 / layer4 1e-4 / layer3 5e-5, StepLR(7, 0.1).
@@ -107,6 +127,7 @@ _CHOICES = {
     "bn_mode": BN_MODES,
     "precision": PRECISIONS,
     "metric": tuple(METRICS),
+    "head_init": HEAD_INITS,
 }
 # (low, high, low_inclusive, high_inclusive); None = unbounded on that side.
 _RANGES = {
@@ -118,7 +139,9 @@ _RANGES = {
     "momentum": (0.0, 1.0, True, False),
     "weight_decay": (0.0, None, True, True),
     "label_smoothing": (0.0, 1.0, True, False),
-    "warmup_epochs": (0.0, None, True, True),
+    "warmup_steps": (0, None, True, True),
+    "probe_l2": (0.0, None, False, True),
+    "steps": (1, None, True, True),
     "step_size": (1, None, True, True),
     "gamma": (0.0, 1.0, False, True),
     "image_size": (32, 1024, True, True),

@@ -24,6 +24,9 @@ from PIL import Image, ImageDraw
 from .errors import DataError, UserError
 
 CLASSES = ("circle", "ring", "square", "diamond", "triangle", "cross", "stripes", "checker")
+# More classes of the same kind, never in the demo data: transfer targets for bench/transfer.py, which
+# pretrains a backbone on CLASSES and fine-tunes it on these.
+TRANSFER_CLASSES = ("star", "hexagon", "crescent", "dots", "waves")
 SPLITS = ("train", "val", "test")
 SIZE_RANGE = (64, 96)  # inclusive, per side; small enough to train on a CPU in seconds
 VERSION = 2  # bump when the drawing changes, so an old folder is not taken for the current data
@@ -39,8 +42,11 @@ def write_demo_data(
     train_per_class: int = 80,
     val_per_class: int = 20,
     test_per_class: int = 10,
+    classes: tuple[str, ...] = CLASSES,
 ) -> dict:
     """Write the demo dataset under `root` and return a summary; do nothing if it is already there.
+
+    `classes` may name any of CLASSES and TRANSFER_CLASSES.
 
     Refuses (DataError) a non-empty folder that is not a demo dataset. A demo dataset written with
     other parameters, or whose writing was interrupted, is replaced.
@@ -50,34 +56,38 @@ def write_demo_data(
         minimum = 0 if split == "test" else 1
         if not isinstance(count, int) or count < minimum:
             raise UserError(f"{split}_per_class must be an int >= {minimum}, but got {count!r}")
+    unknown = [name for name in classes if name not in MASKS]
+    if unknown or not classes:
+        raise UserError(f"classes {unknown or list(classes)} are not demo classes; choose from {', '.join(MASKS)}")
     root = Path(root)
-    params = {"version": VERSION, "seed": seed, "per_class": counts, "classes": list(CLASSES)}
+    params = {"version": VERSION, "seed": seed, "per_class": counts, "classes": list(classes)}
     if _read_manifest(root) == params:
-        return _summary(root, counts, written=False)
+        return _summary(root, classes, counts, written=False)
     _prepare_folder(root)
 
     (root / WRITING_MARKER).write_text("demo data is being written; delete this folder if stuck\n")
     for split_index, split in enumerate(SPLITS):
         if counts[split] == 0:
             continue  # no empty test/ folders: the data loader would read them as a test set
-        for class_index, name in enumerate(CLASSES):
+        for name in classes:
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
-            # One generator per (split, class): the test images stay the same if train_per_class changes.
-            rng = np.random.default_rng([seed, split_index, class_index])
+            # One generator per (split, class): the test images stay the same if train_per_class changes,
+            # and a class's images are the same whichever other classes are written beside it.
+            rng = np.random.default_rng([seed, split_index, list(MASKS).index(name)])
             for i in range(counts[split]):
                 draw_image(rng, name).save(folder / f"{name}_{i:04d}.png")
     _write_json_atomically(root / MANIFEST, params)
     (root / WRITING_MARKER).unlink()
-    return _summary(root, counts, written=True)
+    return _summary(root, classes, counts, written=True)
 
 
-def _summary(root: Path, counts: dict[str, int], *, written: bool) -> dict:
+def _summary(root: Path, classes: tuple[str, ...], counts: dict[str, int], *, written: bool) -> dict:
     return {
         "root": str(root),
-        "classes": list(CLASSES),
+        "classes": list(classes),
         "per_class": dict(counts),
-        "counts": {split: n * len(CLASSES) for split, n in counts.items()},
+        "counts": {split: n * len(classes) for split, n in counts.items()},
         "written": written,  # False when an identical dataset was already there
     }
 
@@ -232,6 +242,49 @@ def _checker(rng, width, height, cx, cy, radius):
     )
 
 
+def _star(rng, width, height, cx, cy, radius):
+    points, start, inner = int(rng.integers(5, 7)), rng.uniform(0, 360), rng.uniform(0.4, 0.55)
+    corners = []
+    for k in range(2 * points):
+        angle = math.radians(start + 180 * k / points)
+        r = radius * (1.0 if k % 2 == 0 else inner)
+        corners.append((cx + r * math.cos(angle), cy + r * math.sin(angle)))
+    return _polygon_mask(width, height, corners)
+
+
+def _hexagon(rng, width, height, cx, cy, radius):
+    start = rng.uniform(0, 60)
+    corners = [(cx + radius * math.cos(math.radians(start + 60 * k)), cy + radius * math.sin(math.radians(start + 60 * k)))
+               for k in range(6)]
+    return _polygon_mask(width, height, corners)
+
+
+def _crescent(rng, width, height, cx, cy, radius):
+    # A disc with an offset disc cut away: close to the ring and the circle, as real classes are.
+    angle = math.radians(rng.uniform(0, 360))
+    shift = radius * rng.uniform(0.35, 0.6)
+    outer = _circle(rng, width, height, cx, cy, radius)
+    bite = _circle(rng, width, height, cx + shift * math.cos(angle), cy + shift * math.sin(angle), radius * 0.9)
+    return outer & ~bite
+
+
+def _dots(rng, width, height, cx, cy, radius):
+    spacing = rng.uniform(7, 11) * SUPERSAMPLE
+    size = spacing * rng.uniform(0.25, 0.4)
+
+    def pattern(u, v):
+        return np.hypot((u % spacing) - spacing / 2, (v % spacing) - spacing / 2) < size
+
+    return _textured_patch(rng, width, height, cx, cy, radius, pattern)
+
+
+def _waves(rng, width, height, cx, cy, radius):
+    period, amplitude = rng.uniform(8, 14) * SUPERSAMPLE, rng.uniform(2, 4) * SUPERSAMPLE
+    wavelength = rng.uniform(14, 24) * SUPERSAMPLE
+    return _textured_patch(rng, width, height, cx, cy, radius,
+                           lambda u, v: ((u + amplitude * np.sin(2 * math.pi * v / wavelength)) / period) % 1.0 < 0.5)
+
+
 MASKS = {
     "circle": _circle,
     "ring": _ring,
@@ -241,8 +294,13 @@ MASKS = {
     "cross": _cross,
     "stripes": _stripes,
     "checker": _checker,
+    "star": _star,
+    "hexagon": _hexagon,
+    "crescent": _crescent,
+    "dots": _dots,
+    "waves": _waves,
 }
-assert tuple(MASKS) == CLASSES
+assert tuple(MASKS) == CLASSES + TRANSFER_CLASSES
 
 
 def _add_clutter(rng: np.random.Generator, pixels: np.ndarray) -> None:

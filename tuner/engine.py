@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -32,6 +33,7 @@ from .model import (
     set_trained_depth,
     trained_stages,
 )
+from .probe import fit_probe
 
 
 class Diverged(RuntimeError):
@@ -96,16 +98,15 @@ def group_stages(depth: int) -> tuple[str, ...]:
     return ("head", *reversed(trained_stages(depth)))
 
 
-def lr_factor(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
-    """Multiplier of every group's base rate for batch `step` of `steps` in 0-based `epoch`."""
-    start = epoch + step / steps
-    if config.warmup_epochs > 0 and start < config.warmup_epochs:
-        return min(1.0, (start + 1 / steps) / config.warmup_epochs)
+def lr_factor(config: TrainConfig, step: int, total_steps: int, epoch_steps: int) -> float:
+    """Multiplier of every group's base rate at 0-based optimizer `step` of `total_steps` (`epoch_steps` an epoch)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
     if config.schedule == "cosine":
-        span = max(config.epochs - config.warmup_epochs, 1e-8)
-        return 0.5 * (1 + math.cos(math.pi * min((start - config.warmup_epochs) / span, 1.0)))
+        span = max(total_steps - config.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * min((step - config.warmup_steps) / span, 1.0)))
     if config.schedule == "step":
-        return config.gamma ** (epoch // config.step_size)
+        return config.gamma ** (step // epoch_steps // config.step_size)
     return 1.0
 
 
@@ -138,6 +139,11 @@ class Trainer:
         self.optimizer = build_optimizer(self._groups(group_stages(self.depth)), config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self.epoch_steps = len(self.train_loader)
+        # The run's length, and the LR schedule's: config.steps, else whole epochs.
+        self.total_steps = config.steps or config.epochs * self.epoch_steps
+        self.probe: dict[str, Any] | None = None  # how the head was fitted (head_init=probe), once fitted
         self.best_metrics: dict[str, Any] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
@@ -234,16 +240,17 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        steps = len(self.train_loader)
         batches = (self._feature_batches("train", self.loader_generator) if head_only else
-                   self._image_batches(self.train_loader, augment=True, desc=f"epoch {epoch + 1}/{config.epochs}"))
+                   self._image_batches(self.train_loader, augment=True, desc=f"epoch {epoch + 1}"))
         start = time.perf_counter()
         for step, (inputs, labels) in enumerate(batches):
+            if self.step >= self.total_steps:  # a budget that ends inside an epoch
+                break
             if self.first_step_at is None:
                 self.first_step_at = time.time()  # the first batch is on the device: training starts
             if self.step_hook is not None:
                 self.step_hook(self, step)
-            factor = lr_factor(config, epoch, step, steps)
+            factor = lr_factor(config, self.step, self.total_steps, self.epoch_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             with self._autocast():
@@ -253,6 +260,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.step += 1
             # Accumulate on the device: no host sync per batch.
             loss_sum += loss.detach().float() * labels.numel()
             correct += (logits.argmax(1) == labels).sum()
@@ -261,11 +269,9 @@ class Trainer:
         train_loss = loss_sum.item() / max(seen, 1)
         if not math.isfinite(train_loss):
             raise Diverged(epoch + 1, train_loss)
-        return {
-            "train_loss": train_loss,
-            "train_acc": correct.item() / max(seen, 1),
-            "images_per_second": seen / seconds if seconds > 0 else 0.0,
-        }
+        self.epoch += 1
+        return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1), "images": seen,
+                "seconds": seconds}
 
     def evaluate(self, loader, prefix: str = "val") -> dict[str, float]:
         """Loss, accuracy (and top-5 with 10+ classes) of the model on `loader`."""
@@ -345,12 +351,32 @@ class Trainer:
 
     def run_epoch(self) -> dict[str, Any]:
         """Train and validate one epoch; returns its metrics (`improved` says whether it is the new best)."""
+        return self.run_round(1)
+
+    def run_round(self, epochs: int) -> dict[str, Any]:
+        """Train `epochs` epochs (fewer where the run's steps end), then validate once; returns the metrics.
+
+        Training metrics are over the whole round. `improved` says whether the round is the new best.
+        """
         start = time.perf_counter()
-        if self.target_depth(self.epoch) > self.depth:
-            self._unfreeze_to(self.target_depth(self.epoch))
-        metrics: dict[str, Any] = {"epoch": self.epoch + 1}
+        totals = {"loss": 0.0, "correct": 0.0, "images": 0, "seconds": 0.0}
         try:
-            metrics.update(self.train_one_epoch())
+            for _ in range(epochs):
+                if self.step >= self.total_steps:
+                    break
+                if self.target_depth(self.epoch) > self.depth:
+                    self._unfreeze_to(self.target_depth(self.epoch))
+                if self.step == 0 and self.config.probes_head() and self.probe is None:
+                    self.fit_probe_head()
+                epoch = self.train_one_epoch()
+                totals["loss"] += epoch["train_loss"] * epoch["images"]
+                totals["correct"] += epoch["train_acc"] * epoch["images"]
+                totals["images"] += epoch["images"]
+                totals["seconds"] += epoch["seconds"]
+            metrics: dict[str, Any] = {"epoch": self.epoch, "step": self.step}
+            seen = max(totals["images"], 1)
+            metrics.update({"train_loss": totals["loss"] / seen, "train_acc": totals["correct"] / seen,
+                            "images_per_second": totals["images"] / totals["seconds"] if totals["seconds"] else 0.0})
             metrics.update(self.validate())
         except RuntimeError as err:
             if not is_out_of_memory(err):
@@ -360,8 +386,9 @@ class Trainer:
                               f"lower batch_size or image_size") from err
         metrics.update({f"lr/{g['stage']}": g["lr"] for g in self.optimizer.param_groups})  # at the last step
         metrics["unfrozen_stages"] = self.depth
+        if self.probe is not None and len(self.history) == 0:
+            metrics.update(self.probe)
         metrics["epoch_seconds"] = time.perf_counter() - start
-        self.epoch += 1
         metric = self.config.metric
         best_value = self.best_metrics[metric] if self.best_metrics else None
         metrics["improved"] = is_better(METRICS[metric], metrics[metric], best_value)
@@ -370,6 +397,26 @@ class Trainer:
             self.best_state = copy.deepcopy(self.model.state_dict())
         self.history.append(metrics)
         return metrics
+
+    # --- the linear-probe head (head_init=probe) ---
+
+    def fit_probe_head(self) -> None:
+        """Fit the head to convergence on the frozen backbone's features of the training images (no
+        augmentation, one view), as a logistic regression; `self.probe` records how (see probe.py)."""
+        start = time.perf_counter()
+        if self.config.feature_cache:  # shared by every trial on the node with this backbone and size
+            array = self._feature_bank(self.train_samples, 0.0, 1).array
+        else:
+            array = np.zeros((len(self.train_samples), 1, self.model.fc.in_features), dtype=np.float32)
+            self._compute_features(self.train_samples, 0.0, array)
+        features = torch.from_numpy(np.array(array[:, 0]))
+        labels = torch.tensor([label for _, label in self.train_samples])
+        fitted = fit_probe(features, labels, len(self.classes), self.config.probe_l2, seed=self.config.seed)
+        with torch.no_grad():
+            self.model.fc.weight.copy_(fitted.weight)
+            self.model.fc.bias.copy_(fitted.bias)
+        self.probe = {"probe_l2": fitted.l2, "probe_cv_acc": fitted.cv_acc,
+                      "probe_seconds": time.perf_counter() - start}
 
     def evaluate_best_on_test(self) -> dict[str, float] | None:
         """Evaluate the best weights once on the test split (never used for selection)."""
@@ -407,6 +454,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "depth": self.depth,
             "epoch": self.epoch,
+            "step": self.step,
+            "probe": self.probe,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             **self.description(),
@@ -425,7 +474,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.epoch = state["epoch"]
+        self.epoch, self.step, self.probe = state["epoch"], state["step"], state["probe"]
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -440,7 +489,7 @@ def fit(trainer: Trainer, out_dir, *, on_epoch=None) -> dict[str, Any]:
     when the data has a test split). A Diverged run leaves OUT/best/ as the best epoch before it.
     """
     out_dir = Path(out_dir)
-    while trainer.epoch < trainer.config.epochs:
+    while trainer.step < trainer.total_steps:
         metrics = trainer.run_epoch()
         if metrics["improved"]:
             write_best(out_dir / "best", trainer.best_payload())

@@ -76,7 +76,7 @@ def _running_best(values: list[float], better) -> list[float]:
 
 def learning_curves(curves: dict[str, tuple[str, list[int], list[float]]], metric: str, rungs: list[int],
                     path: Path) -> None:
-    """`metric` per epoch of every trial (`curves`: id -> (status, epochs, values)), coloured by outcome.
+    """`metric` per report of every trial (`curves`: id -> (status, budget steps, values)), coloured by outcome.
 
     Points without a finite value (a diverged epoch's NaN) are left out; a diverged trial's curve ends
     in a cross.
@@ -91,7 +91,7 @@ def learning_curves(curves: dict[str, tuple[str, list[int], list[float]]], metri
                 color=color)
         if status == "diverged":
             ax.plot(*shown[-1], marker="x", markersize=9, markeredgewidth=2, color=color)
-    for rung in rungs:  # ASHA decides at these epochs which trials go on
+    for rung in rungs:  # ASHA decides at these budget steps which trials go on
         ax.axvline(rung, color="grey", linestyle=":", linewidth=1)
     seen = {status for status, _, values in curves.values() if any(_finite(v) for v in values)}
     handles = [plt.Line2D([], [], color=STATUS_COLORS[s], marker="o", label=STATUS_LABELS[s])
@@ -101,7 +101,7 @@ def learning_curves(curves: dict[str, tuple[str, list[int], list[float]]], metri
     if handles:
         ax.legend(handles=handles, loc="best", fontsize=8)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set(title=f"Learning curves: {metric} per epoch of every trial", xlabel="epoch", ylabel=metric)
+    ax.set(title=f"Learning curves: {metric} of every trial", xlabel="budget step", ylabel=metric)
     _save(fig, path)
 
 

@@ -13,14 +13,16 @@ _LONGEST = 300  # characters of an error message shown on a progress line
 
 
 class ProgressPrinter(tune.Callback):
-    """Prints `trial N epoch E: val_acc x (trial best y, search best z) | running, stopped early, done`.
+    """Prints `trial N step S (epoch E): val_acc x (trial best y, search best z) | running, stopped early, done`.
+
+    S is the trial's budget spent (budget.py: optimizer steps, or a tenth of them for head-only trials).
 
     Besides: a line per warning a trial reports (it resumed from an older checkpoint), per retry of a
     failed trial, and per trial that ends (completed, stopped early, diverged, or failed with its error).
     """
 
-    def __init__(self, metric: str, mode: str, max_epochs: int, trials: int, stream=None):
-        self.metric, self.mode, self.max_epochs, self.trials = metric, mode, max_epochs, trials
+    def __init__(self, metric: str, mode: str, budget_steps: int, trials: int, stream=None):
+        self.metric, self.mode, self.budget_steps, self.trials = metric, mode, budget_steps, trials
         self.stream = stream
         self.best: float | None = None
         self.numbers: dict[str, int] = {}  # Ray's trial id -> 1, 2, 3 in start order
@@ -40,15 +42,15 @@ class ProgressPrinter(tune.Callback):
         running = sum(t.status == "RUNNING" for t in trials)
         finished = [t for t in trials if t.status == "TERMINATED"]
         diverged = sum(_diverged(t) for t in finished)
-        early = sum(self._epochs(t) < self.max_epochs and not _diverged(t) for t in finished)
+        early = sum(self._spent(t) < self.budget_steps and not _diverged(t) for t in finished)
         errored = sum(t.status == "ERROR" for t in trials)
         text = f"running {running}, stopped early {early}, done {len(finished) - early - diverged}"
         return (text + (f", diverged {diverged}" if diverged else "") + (f", errored {errored}" if errored else "")
                 + f" of {self.trials}")
 
     @staticmethod
-    def _epochs(trial) -> int:
-        return int((trial.last_result or {}).get("training_iteration", 0))
+    def _spent(trial) -> int:
+        return int((trial.last_result or {}).get("budget_steps", 0))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._number(trial)
@@ -63,18 +65,19 @@ class ProgressPrinter(tune.Callback):
         if is_better(self.mode, value, self.best):
             self.best = value
         minutes = (time.monotonic() - self.started) / 60
-        self._print(f"[{minutes:5.1f} min] trial {number:>3} epoch {result['training_iteration']:>3}: "
+        self._print(f"[{minutes:5.1f} min] trial {number:>3} step {result['budget_steps']:>5} "
+                    f"(epoch {result['epoch']:>3}): "
                     f"{self.metric} {_number(value)} (trial best {_number(self.trial_best.get(trial.trial_id))}, "
                     f"search best {_number(self.best)}) | {self._counts(trials)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        number, epochs = self.numbers.get(trial.trial_id, "?"), self._epochs(trial)
+        number, spent = self.numbers.get(trial.trial_id, "?"), self._spent(trial)
         if _diverged(trial):
             loss = (trial.last_result or {}).get("train_loss")
             how = f"diverged (training loss {loss})" if loss is not None else "diverged"
         else:
-            how = "stopped early by ASHA" if epochs < self.max_epochs else "completed"
-        self._print(f"trial {number} {how} after {epochs} epochs | {self._counts(trials)}")
+            how = "stopped early by ASHA" if spent < self.budget_steps else "completed"
+        self._print(f"trial {number} {how} after {spent} steps | {self._counts(trials)}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """Ray retries a failed trial (up to --max-failures times) from its latest checkpoint."""
@@ -90,7 +93,7 @@ class ProgressPrinter(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         number = self.numbers.get(trial.trial_id, "?")
         reason = error_text(trial) or "no error message recorded"
-        self._print(f"trial {number} failed after {self._epochs(trial)} epochs: {reason} | {self._counts(trials)}")
+        self._print(f"trial {number} failed after {self._spent(trial)} steps: {reason} | {self._counts(trials)}")
 
 
 def _diverged(trial) -> bool:

@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import figures
+from .budget import SearchBudget, ran_whole_budget
 from .config import METRICS, field_names, is_better
 from .errors import UserError, first_line
 from .run_files import RAY_COLUMNS, RUN_RECORD, STUDY_FILE, damaged_record, not_a_run, parse_run_record
@@ -129,9 +130,8 @@ def _read_run(location: str, folder: Path, fs=None, base: str = "") -> RunData:
 
 def _tables_from_results(folder: Path, record: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     """trials/epochs rows from Ray's per-trial result.json files, while the search still runs."""
-    settings = record["settings"]
-    metric, max_epochs = settings.get("metric", "val_acc"), settings["max_epochs"]
-    hyperparameters = set(field_names()) - {"epochs"}  # `epochs` is the schedule length, not epochs run
+    metric, budget = record["settings"].get("metric", "val_acc"), SearchBudget(**record["budget"])
+    hyperparameters = set(field_names()) - {"epochs", "steps"}  # the schedule's length, not what ran
     trials, epochs = [], []
     for trial_dir in sorted(p for p in folder.glob("trial_*") if p.is_dir()):
         lines = _json_lines(trial_dir / "result.json")
@@ -144,14 +144,17 @@ def _tables_from_results(folder: Path, record: dict[str, Any]) -> tuple[list[dic
         for row in history:
             if is_better(METRICS[metric], row.get(metric), best and best[metric]):
                 best = row
-        status = _running_status(lines, trial_dir, max_epochs)
+        status = _running_status(lines, trial_dir, budget)
         warnings_seen = [str(line["warning"]) for line in lines if line.get("warning")]
         trials.append({
             "trial_id": lines[-1]["trial_id"] if lines else trial_dir.name.removeprefix("trial_"),
             "status": status,
-            "epochs": int(lines[-1]["training_iteration"]) if lines else 0,
+            "epochs": int(lines[-1].get("epoch", 0)) if lines else 0,
+            "steps": int(lines[-1].get("step", 0)) if lines else 0,
+            "budget_steps": int(lines[-1].get("budget_steps", 0)) if lines else 0,
             "stopped_early": status == "stopped_early",
             "best_epoch": best and best.get("epoch"),
+            "best_step": best and best.get("step"),
             "val_acc": best and best.get("val_acc"),
             "val_loss": best and best.get("val_loss"),
             "seconds": lines[-1].get("time_total_s", 0.0) if lines else 0.0,
@@ -163,11 +166,10 @@ def _tables_from_results(folder: Path, record: dict[str, Any]) -> tuple[list[dic
     return trials, epochs
 
 
-def _running_status(lines: list[dict], trial_dir: Path, max_epochs: int) -> str:
-    epochs = int(lines[-1]["training_iteration"]) if lines else 0
+def _running_status(lines: list[dict], trial_dir: Path, budget: SearchBudget) -> str:
     if lines and lines[-1].get("diverged") is True:  # a NaN or infinite loss ended it (trainable.train_trial)
         return "diverged"
-    if epochs >= max_epochs:
+    if lines and ran_whole_budget(lines[-1].get("budget_steps"), budget):
         return "completed"
     if (trial_dir / "error.txt").is_file():
         return "errored"
@@ -488,7 +490,7 @@ def summary_lines(run: str | RunData, html_path: Path | None = None) -> list[str
     diverged = f"{c['diverged']} diverged, " if c["diverged"] else ""
     lines = [
         f"{run.name}: {len(run.trials)} trials: {c['completed']} completed, {c['stopped_early']} stopped early "
-        f"by ASHA, {diverged}{c['errored']} errored, {c['running']} running; {len(run.epochs)} trial-epochs"
+        f"by ASHA, {diverged}{c['errored']} errored, {c['running']} running; {len(run.epochs)} reports"
         + ("" if run.finished else " (search not finished: read from the trials' result.json files)"),
         (f"best: trial {best[0]['number']} ({best[0]['trial_id']}) {run.metric} {best[0][run.metric]:.4f} "
          f"at epoch {best[0]['best_epoch']}" if best else "best: no trial has reported a result yet"),
@@ -507,7 +509,7 @@ def _build(run: RunData, out: Path, top: int) -> str:
     page.p(f"Run: {run.location}. Made {time.strftime('%Y-%m-%d %H:%M:%S')}. " + (
         "Read from trials.parquet and epochs.parquet (the search has finished)." if run.finished else
         "The search has not finished: read from Ray's trial_*/result.json files; a trial is 'running' until "
-        "it reaches max_epochs or Ray marks it stopped."))
+        "it has spent its budget or Ray marks it stopped."))
     page.ul(summary_lines(run) + [f"metric: {metric} ({run.mode}imised by the search)"])
 
     page.h2("Progress of the search")
@@ -518,8 +520,8 @@ def _build(run: RunData, out: Path, top: int) -> str:
         page.figure("best_so_far.png", lambda p: figures.best_so_far(run.trials, points, metric, run.mode, p),
                     "Best result so far, by trial (in the order trials started) and by wall-clock time.")
         page.figure("learning_curves.png",
-                    lambda p: figures.learning_curves(_curves(run), metric, _rungs(run.record["settings"]), p),
-                    "Every trial's validation curve. Dotted lines: the epochs where ASHA compares trials and "
+                    lambda p: figures.learning_curves(_curves(run), metric, _rungs(run.record), p),
+                    "Every trial's validation curve by budget step. Dotted lines: the steps where ASHA compares trials and "
                     "stops the weaker ones. A cross ends the curve of a trial whose training loss became NaN or "
                     "infinite (diverged); that epoch has no validation result.")
     else:
@@ -577,23 +579,24 @@ def _build(run: RunData, out: Path, top: int) -> str:
 def _curves(run: RunData) -> dict[str, tuple[str, list[int], list[float]]]:
     status = {t["trial_id"]: t["status"] for t in run.trials}
     curves: dict[str, tuple[str, list[int], list[float]]] = {}
-    for row in sorted(run.epochs, key=lambda r: (r["trial_id"], r["training_iteration"])):
+    for row in sorted(run.epochs, key=lambda r: (r["trial_id"], r["budget_steps"])):
         if not _finite(row.get(run.metric)) or row["trial_id"] not in status:  # a diverged epoch's NaN
             continue
         _, xs, ys = curves.setdefault(row["trial_id"], (status[row["trial_id"]], [], []))
-        xs.append(row["training_iteration"])
+        xs.append(row["budget_steps"])
         ys.append(row[run.metric])
     return curves
 
 
-def _rungs(settings: dict[str, Any]) -> list[int]:
-    """The epochs at which ASHA decides (grace_period x reduction_factor^k below max_epochs)."""
+def _rungs(record: dict[str, Any]) -> list[int]:
+    """The budget steps at which ASHA decides (grace x reduction_factor^k below the budget)."""
+    settings, budget = record["settings"], SearchBudget(**record["budget"])
     if not settings.get("early_stopping", True):
         return []
-    rungs, epoch = [], settings["grace_period"]
-    while epoch < settings["max_epochs"]:
-        rungs.append(epoch)
-        epoch *= settings["reduction_factor"]
+    rungs, spent = [], budget.grace_steps
+    while spent < budget.steps:
+        rungs.append(spent)
+        spent *= settings["reduction_factor"]
     return rungs
 
 
@@ -641,10 +644,10 @@ class _Page:
             return
         # Searched names first, then anything else that differs between trials; constants go below.
         names = [n for n in run.searched if any(t.get(n) is not None for t in run.trials)]
-        hyper = set(field_names()) - {"epochs", "metric"}
+        hyper = set(field_names()) - {"epochs", "steps", "metric"}
         other = sorted(k for k in trials[0] if k in hyper and k not in names)
         varying = [k for k in other if len({repr(t.get(k)) for t in run.trials}) > 1]
-        columns = ["number", "trial_id", "status", run.metric, "best_epoch", "epochs", *names, *varying]
+        columns = ["number", "trial_id", "status", run.metric, "best_step", "steps", *names, *varying]
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(t.get(c)))}</td>" for c in columns) + "</tr>"
                        for t in trials)

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import torch
 
 from . import data
+from .budget import SearchBudget, ran_whole_budget
 from .checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
 from .config import METRICS, field_names, is_better, make_config
 from .engine import Diverged, Trainer
@@ -23,15 +24,14 @@ from .trainable import load_trainer_state
 
 
 
-def trial_status(result, max_epochs: int) -> str:
+def trial_status(result, budget: SearchBudget) -> str:
     """completed, stopped_early (by ASHA or the time budget), diverged (NaN/inf loss) or errored."""
     metrics = result.metrics or {}
     if metrics.get("diverged") is True:
         return "diverged"
     if result.error is not None:
         return "errored"
-    epochs = int(metrics.get("training_iteration", 0))
-    return "stopped_early" if epochs < max_epochs else "completed"
+    return "completed" if ran_whole_budget(metrics.get("budget_steps"), budget) else "stopped_early"
 
 
 def trial_error(result) -> str | None:
@@ -65,8 +65,8 @@ def history(result) -> list[dict[str, Any]]:
     return sorted(by_epoch.values(), key=lambda row: row.get("epoch") or 0)
 
 
-def trial_rows(grid, settings, searched: list[str]) -> list[dict[str, Any]]:
-    """One row per trial: id, status, epochs, best metric values, seconds, every hyperparameter."""
+def trial_rows(grid, settings, searched: list[str], budget: SearchBudget) -> list[dict[str, Any]]:
+    """One row per trial: id, status, epochs and steps run, best metric values, seconds, every hyperparameter."""
     mode = settings.mode
     hyperparameters = list(dict.fromkeys([*searched, *sorted(k for r in grid for k in (r.config or {}))]))
     rows = []
@@ -78,12 +78,16 @@ def trial_rows(grid, settings, searched: list[str]) -> list[dict[str, Any]]:
             if is_better(mode, value, best_value) or (best is not None and value == best_value):
                 best = epoch
         metrics = result.metrics or {}
+        status = trial_status(result, budget)
         row = {
             "trial_id": metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
-            "status": trial_status(result, settings.max_epochs),
-            "epochs": int(metrics.get("training_iteration", 0)),
-            "stopped_early": trial_status(result, settings.max_epochs) == "stopped_early",
+            "status": status,
+            "epochs": int(metrics.get("epoch", 0)),
+            "steps": int(metrics.get("step", 0)),
+            "budget_steps": int(metrics.get("budget_steps", 0)),
+            "stopped_early": status == "stopped_early",
             "best_epoch": int(best["epoch"]) if best else None,
+            "best_step": int(best["step"]) if best else None,
             "val_acc": float(best["val_acc"]) if best else None,
             "val_loss": float(best["val_loss"]) if best else None,
             "seconds": float(metrics.get("time_total_s", 0.0)),
@@ -93,8 +97,9 @@ def trial_rows(grid, settings, searched: list[str]) -> list[dict[str, Any]]:
             "warning": "; ".join(epoch["warning"] for epoch in epochs if epoch.get("warning")) or None,
         }
         config = result.config or {}
-        # `epochs` (the schedule length) is max_epochs for every trial; the column means epochs run.
-        row.update({name: config.get(name) for name in hyperparameters if name in field_names() and name != "epochs"})
+        # `epochs` and `steps` (the schedule's length) come from the budget; the columns mean what ran.
+        row.update({name: config.get(name) for name in hyperparameters
+                    if name in field_names() and name not in ("epochs", "steps")})
         rows.append(row)
     return rows
 
@@ -161,9 +166,9 @@ def evaluate_payload(payload: dict[str, Any], splits: data.ImageSplits, split: s
 
 
 def export_results(grid, run_dir: Path, settings, searched: list[str], splits: data.ImageSplits,
-                   location: str | None = None) -> None:
+                   budget: SearchBudget, location: str | None = None) -> None:
     """Write the tables and best/ into `run_dir` (a local folder); `location` is where the user finds them."""
-    rows = trial_rows(grid, settings, searched)
+    rows = trial_rows(grid, settings, searched, budget)
     write_table(rows, run_dir / "trials.parquet")
     write_table(epoch_rows(grid), run_dir / "epochs.parquet")
     fault_point("export")
@@ -178,7 +183,8 @@ def print_summary(rows, payload, location: str, settings, searched: list[str], t
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     diverged = f"{counts['diverged']} diverged, " if counts["diverged"] else ""
     print(f"\n{len(rows)} trials: {counts['completed']} completed, {counts['stopped_early']} stopped early by "
-          f"ASHA, {diverged}{counts['errored']} errored; {sum(r['epochs'] for r in rows)} trial-epochs")
+          f"ASHA, {diverged}{counts['errored']} errored; {sum(r['steps'] for r in rows)} trial-steps, "
+          f"{sum(r['epochs'] for r in rows)} trial-epochs")
     for row in rows:
         if row["error"]:
             print(f"  {row['trial_id']} {row['status']}: {row['error']}")
@@ -187,7 +193,7 @@ def print_summary(rows, payload, location: str, settings, searched: list[str], t
     print(f"top trials by {metric}:")
     for row in done[:top]:
         params = ", ".join(f"{k}={_short(row[k])}" for k in searched if row[k] is not None)
-        print(f"  {row['trial_id']}  {metric} {row[metric]:.4f}  epochs {row['epochs']:>2}  {params}")
+        print(f"  {row['trial_id']}  {metric} {row[metric]:.4f}  steps {row['steps']:>5}  {params}")
     if payload is None:
         print("no trial reported a result; nothing exported")
         return

@@ -18,7 +18,7 @@ RAY_COLUMNS = frozenset({"done", "should_checkpoint", "date", "timestamp", "time
                          "config"})
 # A trial's status in trials.parquet (stopped_early: by ASHA or the time budget; diverged: a NaN/inf loss).
 STATUSES = ("completed", "stopped_early", "diverged", "errored")
-_RECORD_KEYS = ("space", "settings", "fixed", "searched")
+_RECORD_KEYS = ("space", "settings", "fixed", "searched", "budget")
 
 
 def not_a_run(run: str) -> UserError:

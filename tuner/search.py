@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import shutil
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data
+from .budget import SearchBudget, ran_whole_budget, search_budget
 from .cache import cache_root
 from .checkpoint import save_json
 from .config import field_names, is_better, make_config
@@ -35,7 +37,10 @@ def settings_for(space: SearchSpace, flags: dict[str, Any]) -> RunSettings:
     """Defaults, then the space file's SETTINGS, then the flags given on the command line."""
     names = {f.name for f in fields(RunSettings)}
     chosen = {k: v for k, v in space.settings.items() if k in names}
-    chosen.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    if {"max_steps", "max_epochs"} & set(given):  # a budget flag replaces the space's budget, in either unit
+        chosen = {k: v for k, v in chosen.items() if k not in ("max_steps", "max_epochs", "grace_period")}
+    chosen.update(given)
     settings = RunSettings(**chosen)
     settings.check()
     return settings
@@ -72,7 +77,7 @@ def resolve_auto_weights(fixed: dict[str, Any], space: SearchSpace, settings: Ru
 def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
     """Load and check everything a search needs before Ray starts.
 
-    Returns (space, settings, splits, weights_choice), the last saying what `weights: auto` became.
+    Returns (space, settings, splits, weights_choice, budget); weights_choice says what `weights: auto` became.
     """
     space = load_space(space_arg)
     settings = settings_for(space, flags)
@@ -95,7 +100,9 @@ def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
     base = make_config(space.fixed)
     if base.weights != "none":
         build_model(base, num_classes=len(splits.classes))  # missing ImageNet file or bad path: stop now
-    return space, settings, splits, weights_choice
+    budget = search_budget(len(splits.train), base.batch_size, max_steps=settings.max_steps,
+                           max_epochs=settings.max_epochs, grace_period=settings.grace_period)
+    return space, settings, splits, weights_choice, budget
 
 
 def load_run_splits(settings: RunSettings, fixed: dict[str, Any]) -> data.ImageSplits:
@@ -161,11 +168,10 @@ def _check_resources(settings: RunSettings) -> None:
                         f"lower it")
 
 
-def _trainable(settings: RunSettings, splits: data.ImageSplits):
+def _trainable(settings: RunSettings, splits: data.ImageSplits, budget: SearchBudget):
     from ray import tune
 
-    trainable = tune.with_parameters(train_trial, data_location=settings.data, splits=splits,
-                                     max_epochs=settings.max_epochs,
+    trainable = tune.with_parameters(train_trial, data_location=settings.data, splits=splits, budget=budget,
                                      cpus=settings.cpus_per_trial, workers=settings.workers)
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
@@ -206,18 +212,25 @@ def _study_storage(run: str):
     return optuna.storages.RDBStorage(f"sqlite:///{path}")
 
 
-def _searcher(space: SearchSpace, settings: RunSettings, run: str, name: str):
+def _searcher(space: SearchSpace, settings: RunSettings, run: str, name: str, budget: SearchBudget):
     """Optuna's TPE through Ray's OptunaSearch, its study stored in the run folder."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     class RunStudySearch(OptunaSearch):
-        """OptunaSearch whose study matches trials.parquet: each Optuna trial is tagged with its Ray
-        trial_id, and its value is the trial's best epoch (Ray would tell Optuna the last one)."""
+        """OptunaSearch whose study tells Optuna what ASHA did and matches trials.parquet.
+
+        Each Optuna trial is tagged with its Ray trial_id and gets the metric of every round as an
+        intermediate value at its budget step. A trial that ran its whole budget is COMPLETE with its
+        best round's value (Ray would tell the last one); one that ASHA (or the time budget) stopped is
+        PRUNED, so TPE ranks it by how far it got instead of taking a one-rung score for a full trial's.
+        """
 
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            self._best_values: dict[str, float] = {}  # kept in the searcher's saved state, for resume
+            # Kept in the searcher's saved state (its __dict__), for resume.
+            self._best_values: dict[str, float] = {}
+            self._reported_steps: dict[str, set[int]] = {}
 
         def suggest(self, trial_id: str):
             suggestion = super().suggest(trial_id)
@@ -226,15 +239,31 @@ def _searcher(space: SearchSpace, settings: RunSettings, run: str, name: str):
             return suggestion
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            super().on_trial_result(trial_id, result)
-            value = result.get(self.metric)
-            if value is not None and is_better(self.mode, value, self._best_values.get(trial_id)):
-                self._best_values[trial_id] = value
+            if trial_id not in self._completed_trials:
+                self._observe(trial_id, result)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if result and trial_id not in self._completed_trials:
+                self._observe(trial_id, result)  # the round Ray stops a trial at never reaches on_trial_result
             if result and trial_id in self._best_values:
                 result = {**result, self.metric: self._best_values[trial_id]}
+            stopped = result and result.get("diverged") is not True and not ran_whole_budget(
+                result.get("budget_steps"), budget)
+            if stopped and not error and not settings.stopped_as_complete:
+                result = {k: v for k, v in result.items() if k != self.metric}  # OptunaSearch tells PRUNED
             super().on_trial_complete(trial_id, result, error)
+
+        def _observe(self, trial_id: str, result: dict) -> None:
+            """One round: an intermediate value at its budget step, and the trial's best so far."""
+            value, step = result.get(self.metric), result.get("budget_steps")
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or step is None:
+                return  # a diverged round's NaN is no intermediate value
+            reported = self._reported_steps.setdefault(trial_id, set())
+            if int(step) not in reported:  # a round trained again after a resume reports its step again
+                self._ot_trials[trial_id].report(value, int(step))
+                reported.add(int(step))
+            if is_better(self.mode, value, self._best_values.get(trial_id)):
+                self._best_values[trial_id] = value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return RunStudySearch(
@@ -258,7 +287,7 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
 
     from .progress import ProgressPrinter
 
-    space, settings, splits, weights_choice = prepare(space_arg, flags, overrides)
+    space, settings, splits, weights_choice, budget = prepare(space_arg, flags, overrides)
     name = settings.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = run_location(settings.storage, name)
     if exists(run):
@@ -266,20 +295,21 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
                         f"or pick another --name")
     _init_ray(settings.address)
     _check_resources(settings)
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs,
-                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+    # ASHA's rungs are budget steps (budget.py): equal budgets, whatever a trial's batch size or epochs.
+    scheduler = (ASHAScheduler(time_attr="budget_steps", max_t=budget.steps, grace_period=budget.grace_steps,
+                               reduction_factor=settings.reduction_factor)
                  if settings.early_stopping else FIFOScheduler())
     with staged(run) as folder:
         save_json({"space": str(space.path), "settings": asdict(settings), "fixed": space.fixed,
-                   "searched": space.searched, "weights_choice": weights_choice}, folder / RUN_RECORD)
-    searcher = _searcher(space, settings, run, name)
-    printer = ProgressPrinter(settings.metric, settings.mode, settings.max_epochs, settings.trials)
-    stopping = (f"ASHA grace {settings.grace_period}, reduction {settings.reduction_factor}"
-                if settings.early_stopping else "no early stopping")
-    print(f"search {name}: {settings.trials} trials of {space.name} on {settings.data}, "
-          f"up to {settings.max_epochs} epochs each ({stopping}), {settings.max_concurrent} at a time")
+                   "searched": space.searched, "weights_choice": weights_choice, "budget": budget.to_dict()},
+                  folder / RUN_RECORD)
+    searcher = _searcher(space, settings, run, name, budget)
+    printer = ProgressPrinter(settings.metric, settings.mode, budget.steps, settings.trials)
+    stopping = (f"ASHA reduction {settings.reduction_factor}" if settings.early_stopping else "no early stopping")
+    print(f"search {name}: {settings.trials} trials of {space.name} on {settings.data} ({len(splits.train)} "
+          f"training images), {settings.max_concurrent} at a time, {stopping}\n{budget.describe()}")
     tuner = tune.Tuner(
-        _trainable(settings, splits),
+        _trainable(settings, splits, budget),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent),
             scheduler=scheduler,
@@ -296,7 +326,7 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
         run_config=_run_config(settings, name, printer),
     )
     grid = tuner.fit()
-    _export(grid, run, settings, space.searched, splits)
+    _export(grid, run, settings, space.searched, splits, budget)
     return run
 
 
@@ -324,24 +354,26 @@ def resume_search(run: str) -> str:
         raise UserError(f"{run!r}: {RUN_RECORD} has settings this tuner does not know ({err}); resume it with "
                         f"the tuner version that started it") from None
     splits = load_run_splits(settings, record["fixed"])
+    budget = SearchBudget(**record["budget"])
     if not tune.Tuner.can_restore(run):
         raise UserError(f"{run!r} holds no Ray Tune state to resume from (it was stopped before the "
                         f"first trial started); start a new search")
     _init_ray(settings.address)
     _check_resources(settings)
     print(f"resuming {run} ({Path(record['space']).stem}, {settings.trials} trials)")
-    tuner = tune.Tuner.restore(run, trainable=_trainable(settings, splits),
+    tuner = tune.Tuner.restore(run, trainable=_trainable(settings, splits, budget),
                                resume_unfinished=True, restart_errored=True)
     grid = tuner.fit()
-    _export(grid, run, settings, record["searched"], splits)
+    _export(grid, run, settings, record["searched"], splits, budget)
     return run
 
 
-def _export(grid, run: str, settings: RunSettings, searched: list[str], splits: data.ImageSplits) -> None:
+def _export(grid, run: str, settings: RunSettings, searched: list[str], splits: data.ImageSplits,
+            budget: SearchBudget) -> None:
     """The tables, best/ and (for a run at a URI) the study into the run folder."""
     from .results import export_results
 
     with staged(run) as folder:
-        export_results(grid, folder, settings, searched, splits, location=run)
+        export_results(grid, folder, settings, searched, splits, budget, location=run)
         if is_uri(run):
             shutil.copyfile(study_path(run), folder / STUDY_FILE)

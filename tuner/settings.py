@@ -15,8 +15,9 @@ class RunSettings:
     data: str | None = None
     metric: str = "val_acc"
     trials: int = 20
-    max_epochs: int = 10
-    grace_period: int = 2  # ASHA: every trial gets at least this many epochs
+    max_steps: int | None = None  # a trial's budget in optimizer steps; None: sized by the data (budget.py)
+    max_epochs: int | None = None  # the budget as epochs instead, one report an epoch
+    grace_period: int | None = None  # ASHA: budget every trial gets (epochs with max_epochs, else steps); None: one round
     reduction_factor: int = 3  # ASHA: keep the top 1/3 at each rung
     max_concurrent: int = 2
     cpus_per_trial: float = 1.0
@@ -24,6 +25,9 @@ class RunSettings:
     time_budget: float | None = None  # seconds; then Ray stops the search, running trials included
     seed: int = 0
     early_stopping: bool = True  # False: no ASHA, every trial runs max_epochs (a baseline for ASHA's savings)
+    # Tell Optuna a trial that ASHA stopped as COMPLETE with its best score (Ray's own way) instead of PRUNED
+    # with its scores by step (TPE then ranks it by how far it got): bench/transfer.py compares the two.
+    stopped_as_complete: bool = False
     reuse_workers: bool = True  # run trial after trial in one Ray worker process (fast turnover)
     max_failures: int = 2  # a crashed trial restarts from its last checkpoint this many times
     demo_data: bool = False
@@ -51,11 +55,15 @@ class RunSettings:
             raise UserError(f"time_budget must be > 0 seconds, but got {self.time_budget}")
         if self.metric not in METRICS:
             raise UserError(f"metric {self.metric!r} is not allowed; choose one of {', '.join(METRICS)}")
-        for name in ("trials", "max_epochs", "grace_period", "max_concurrent"):
-            if getattr(self, name) < 1:
+        for name in ("trials", "max_steps", "max_epochs", "grace_period", "max_concurrent"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, but got {getattr(self, name)}")
-        if self.grace_period > self.max_epochs:
-            raise UserError(f"grace_period ({self.grace_period}) must be <= max_epochs ({self.max_epochs})")
+        if self.max_steps is not None and self.max_epochs is not None:
+            raise UserError(f"max_steps ({self.max_steps}) and max_epochs ({self.max_epochs}) both set a trial's "
+                            f"budget; pass one of them")
+        longest = ("max_epochs", self.max_epochs) if self.max_epochs is not None else ("max_steps", self.max_steps)
+        if self.grace_period is not None and longest[1] is not None and self.grace_period > longest[1]:
+            raise UserError(f"grace_period ({self.grace_period}) must be <= {longest[0]} ({longest[1]})")
         if self.reduction_factor < 2:
             raise UserError(f"reduction_factor must be >= 2, but got {self.reduction_factor}")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:

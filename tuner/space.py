@@ -23,7 +23,7 @@ from .errors import UserError
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # Run settings a space file may default in SETTINGS; each is also a `tuner search` flag.
 SETTING_NAMES = (
-    "data", "metric", "trials", "max_epochs", "grace_period", "reduction_factor", "max_concurrent",
+    "data", "metric", "trials", "max_steps", "max_epochs", "grace_period", "reduction_factor", "max_concurrent",
     "cpus_per_trial", "gpus_per_trial", "time_budget", "seed", "max_failures", "demo_data",
 )
 # How many random draws of the space are checked before the search starts.
@@ -104,9 +104,6 @@ def check_space(space: SearchSpace) -> None:
         if name not in field_names():
             raise UserError(unknown_key_message(name))
     space.searched = _check_draws(space.define_by_run(), space.path)
-    if "epochs" in space.searched or "epochs" in space.fixed:
-        raise UserError(f"{str(space.path)!r} sets epochs; a search sets it with --max-epochs (or max_epochs "
-                        f"in SETTINGS) and ASHA decides how many each trial runs")
 
 
 def _import(path: Path):
@@ -165,6 +162,11 @@ def _check_draws(function: DefineByRun, path: Path) -> list[str]:
                 raise UserError(f"space(trial) in {str(path)!r} suggests {unknown_key_message(name)}")
             if name not in searched:
                 searched.append(name)
+        for length in ("epochs", "steps"):  # constants include the fixed values (SETTINGS, --set)
+            if length in trial.params or length in constants:
+                raise UserError(f"{str(path)!r} sets {length}; a search sets a trial's length with --max-steps "
+                                f"or --max-epochs (max_steps or max_epochs in SETTINGS) and ASHA decides how "
+                                f"much each trial runs")
         try:
             make_config({**trial.params, **constants})  # as OptunaSearch merges them
         except UserError as err:

@@ -1,4 +1,4 @@
-"""The Ray Tune trial function: a thin wrapper that runs the Trainer and reports every epoch.
+"""The Ray Tune trial function: a thin wrapper that runs the Trainer and reports every round of epochs.
 
 Data and run settings are bound with `tune.with_parameters`, never put in the hyperparameter dict.
 
@@ -27,8 +27,9 @@ import torch
 from ray import tune
 
 from . import data
+from .budget import SearchBudget, TrialPlan, steps_per_epoch, trial_plan
 from .checkpoint import CorruptCheckpoint, load_torch, save_torch
-from .config import make_config
+from .config import TrainConfig, make_config
 from .engine import Diverged, Trainer
 from .faults import fault_hook, fault_point
 from .model import CHECKPOINT_FORMAT
@@ -37,15 +38,16 @@ from .storage import local_data
 TRAINER_STATE = "trainer.pt"
 
 
-def train_trial(config: dict[str, Any], *, data_location: str, splits: data.ImageSplits, max_epochs: int,
+def train_trial(config: dict[str, Any], *, data_location: str, splits: data.ImageSplits, budget: SearchBudget,
                 cpus: float = 1.0, workers: int | None = None) -> None:
-    """Train one configuration for up to `max_epochs`, one `tune.report` (metrics + checkpoint) per epoch.
+    """Train one configuration for the search's budget, one `tune.report` (metrics + checkpoint) per round.
 
     Resumes from `tune.get_checkpoint()` when Ray restarts the trial (a crash, a lost node, `tuner resume`).
     """
     # One compute thread per reserved CPU: trials sharing a node must not fight over its cores.
     torch.set_num_threads(max(1, int(cpus)))
-    hyperparameters = make_config({**config, "epochs": max_epochs})
+    plan = plan_for(make_config(config), budget, len(splits.train))
+    hyperparameters = make_config({**config, "steps": plan.steps, "epochs": plan.rounds * plan.round_epochs})
     # A URI is fetched once into this node's cache; the driver's file lists are moved onto that copy.
     splits = splits.rebased(local_data(data_location))
     # A trial uses exactly what Ray reserved for it: its GPU (an error if CUDA cannot see it), else the CPU.
@@ -60,20 +62,21 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: data.Imag
             trainer.load_state_dict(state)
     node = ray.get_runtime_context().get_node_id()
     try:
-        while trainer.epoch < hyperparameters.epochs:
-            # Ray's iteration is our epoch, also after resuming from an older checkpoint than Ray's latest.
-            extra = {"node": node, "diverged": False, "training_iteration": trainer.epoch + 1}
+        while trainer.step < trainer.total_steps:
+            # Ray's iteration is our round, also after resuming from an older checkpoint than Ray's latest.
+            extra = {"node": node, "diverged": False, "training_iteration": trainer.epoch // plan.round_epochs + 1}
             if warning:
                 extra["warning"], warning = warning, None
             try:
-                metrics = trainer.run_epoch()
+                metrics = trainer.run_round(plan.round_epochs)
             except Diverged as err:
                 # The configuration's result, not a crash: report it (no checkpoint of the broken weights)
                 # and end the trial, so Ray does not retry what would diverge again.
                 nan = math.nan
-                tune.report({**extra, "epoch": err.epoch, "train_loss": err.loss, "val_loss": nan, "val_acc": nan,
-                             "improved": False, "unfrozen_stages": trainer.depth, "diverged": True,
-                             "reported_at": time.time()})
+                tune.report({**extra, "epoch": err.epoch, "step": trainer.step,
+                             "budget_steps": plan.budget_spent(trainer.step), "train_loss": err.loss,
+                             "val_loss": nan, "val_acc": nan, "improved": False, "unfrozen_stages": trainer.depth,
+                             "diverged": True, "reported_at": time.time()})
                 return
             with tempfile.TemporaryDirectory() as folder:
                 # Lean: no copy of the best weights; Ray keeps the best-scoring checkpoint by the metric.
@@ -81,13 +84,21 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: data.Imag
                 fault_point("checkpoint", config)
                 # Wall-clock times: the report's time axis, and the trial turnover bench/search.py measures.
                 times = {"first_step_at": trainer.first_step_at, "reported_at": time.time()}
-                tune.report({**metrics, **times, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
+                spent = {"budget_steps": plan.budget_spent(trainer.step)}  # ASHA's time axis
+                tune.report({**metrics, **spent, **times, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
     finally:
         # Ray reuses this worker process for the next trial: leave it nothing to hold on to.
         del trainer
         if device == "cuda":  # give the GPU memory back now; a full collection costs ~0.2 s, so only here
             gc.collect()
             torch.cuda.empty_cache()
+
+
+def plan_for(hyperparameters: TrainConfig, budget: SearchBudget, train_images: int) -> TrialPlan:
+    """This trial's rounds: head-only trials on cached features take more, cheaper steps (see budget.py)."""
+    head_only = hyperparameters.unfreeze_depth == 0 and hyperparameters.feature_cache
+    epoch_steps = steps_per_epoch(train_images, hyperparameters.batch_size)
+    return trial_plan(budget, epoch_steps, head_only=head_only)
 
 
 def load_trainer_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:
