@@ -18,7 +18,8 @@ START = [{**{k: SEED_RECIPE[k] for k in ("unfreeze_depth", "lr_head", "lr_layer4
 def space(trial):
     depth = trial.suggest_int("unfreeze_depth", 0, 4)  # trailing stages trained besides the head
     trial.suggest_categorical("head_init", ["probe", "random"])  # linear probe first (LP-FT), or a random head
-    trial.suggest_float("lr_head", 1e-4, 3e-2, log=True)
+    # A probe head is already fitted: Adam steps of 1e-4 and up undo it, so the range reaches 1e-5.
+    trial.suggest_float("lr_head", 1e-5, 3e-2, log=True)
     for stage in STAGES[:depth]:  # a rate only where there is something to train
         trial.suggest_float(f"lr_{stage}", 1e-6, 1e-2, log=True)
     trial.suggest_float("aug_strength", 0.0, 1.0)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tuner.demo_data import CLASSES, SIZE_RANGE, write_demo_data
-from tuner.errors import DataError
+from tuner.demo_data import CLASSES, SIZE_RANGE, TRANSFER_CLASSES, write_demo_data
+from tuner.errors import DataError, UserError
 
 SMALL = dict(train_per_class=3, val_per_class=2, test_per_class=1)
 
@@ -89,3 +89,19 @@ def test_classes_are_not_separable_by_mean_colour(demo_root):
     centroids = np.stack([train_x[train_y == k].mean(axis=0) for k in range(len(CLASSES))])
     predicted = np.linalg.norm(val_x[:, None] - centroids[None], axis=2).argmin(axis=1)
     assert (predicted == val_y).mean() < 0.4
+
+
+def test_transfer_classes_are_written_on_request_and_never_in_the_demo_data(tmp_path):
+    assert not set(TRANSFER_CLASSES) & set(CLASSES)
+    summary = write_demo_data(tmp_path / "t", classes=TRANSFER_CLASSES, **SMALL)
+    assert summary["classes"] == list(TRANSFER_CLASSES) and summary["counts"]["train"] == 3 * len(TRANSFER_CLASSES)
+    assert sorted(p.name for p in (tmp_path / "t" / "train").iterdir()) == sorted(TRANSFER_CLASSES)
+    # A class draws the same images whichever classes are written beside it.
+    write_demo_data(tmp_path / "one", classes=("dots",), **SMALL)
+    alone, together = _file_bytes(tmp_path / "one"), _file_bytes(tmp_path / "t")
+    assert alone and all(together[name] == data for name, data in alone.items())
+
+
+def test_an_unknown_class_is_refused_with_the_known_ones():
+    with pytest.raises(UserError, match=r"classes \['moon'\] are not demo classes; choose from circle, .*waves"):
+        write_demo_data("/nonexistent", classes=("circle", "moon"))

@@ -62,8 +62,16 @@ def test_a_probe_head_is_the_fitted_probe_before_the_first_step(splits, features
     # The head alone, on the features it was fitted to, classifies as the probe does.
     logits = trainer.model.fc(x)
     assert torch.equal(logits.argmax(1), (x @ expected.weight.T + expected.bias).argmax(1))
-    metrics = Trainer(probe_config(probe_l2=0.01, steps=1), splits).run_round(1)
-    assert metrics["probe_l2"] == 0.01 and metrics["step"] == 1
+    # The first round is the probe itself, validated before any step: a candidate for the best checkpoint.
+    trainer = Trainer(probe_config(probe_l2=0.01, steps=1), splits)
+    probe_round = trainer.run_round(1)
+    assert (probe_round["probe_l2"], probe_round["step"], probe_round["epoch"]) == (0.01, 0, 0)
+    assert "train_loss" not in probe_round and probe_round["improved"]
+    _, (xv, yv) = features
+    assert probe_round["val_acc"] == pytest.approx(accuracy(expected.weight, expected.bias, xv, yv), abs=0.01)
+    assert torch.equal(trainer.best_state["fc.weight"], expected.weight)
+    after = trainer.run_round(1)
+    assert after["step"] == 1 and "probe_l2" not in after
 
 
 def test_random_head_init_and_random_weights_skip_the_probe(splits):
@@ -76,15 +84,16 @@ def test_random_head_init_and_random_weights_skip_the_probe(splits):
 
 
 def test_resume_in_the_middle_of_a_step_budget_is_exact(splits, tmp_path):
-    """Two rounds straight == one round, checkpoint, a new process' Trainer, one round: bit for bit."""
+    """Three rounds straight == two rounds, checkpoint, a new Trainer, one round: bit for bit."""
     small = data.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
                              train=splits.train[::4], val=splits.val[::4], test=[])
     config = probe_config(steps=11, batch_size=16, unfreeze_depth=1, aug_strength=1.0, dropout=0.3)
     straight = Trainer(config, small)
-    straight.run_round(1)
-    straight.run_round(1)
+    for _ in range(3):  # the probe, an epoch of 10 steps, the last step
+        straight.run_round(1)
 
     first = Trainer(config, small)
+    first.run_round(1)
     first.run_round(1)
     torch.save(first.state_dict(), tmp_path / "checkpoint.pt")
     resumed = Trainer(config, small)

@@ -218,7 +218,8 @@ class _EpochTable:
         if not self.started:
             print("  ".join(f"{title:>10}" for _, title, _ in self.COLUMNS) + "  best")
             self.started = True
-        cells = [f"{metrics[key]:>10{spec}}" for key, _, spec in self.COLUMNS]
+        # The probe round (head_init=probe, epoch 0) trains nothing: no training columns.
+        cells = [f"{metrics[key]:>10{spec}}" if key in metrics else f"{'-':>10}" for key, _, spec in self.COLUMNS]
         print("  ".join(cells) + ("     *" if metrics["improved"] else ""), flush=True)
 
 

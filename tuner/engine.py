@@ -356,27 +356,32 @@ class Trainer:
     def run_round(self, epochs: int) -> dict[str, Any]:
         """Train `epochs` epochs (fewer where the run's steps end), then validate once; returns the metrics.
 
-        Training metrics are over the whole round. `improved` says whether the round is the new best.
+        With head_init=probe the first round is the probe itself: the head is fitted and validated
+        before any step (epoch 0, step 0), so the linear probe is a candidate for the best checkpoint
+        and a fine-tuning run is never worse than its starting point. Training metrics are over the
+        whole round. `improved` says whether the round is the new best.
         """
         start = time.perf_counter()
         totals = {"loss": 0.0, "correct": 0.0, "images": 0, "seconds": 0.0}
+        probe_round = self.step == 0 and self.config.probes_head() and self.probe is None
         try:
-            for _ in range(epochs):
+            if probe_round:
+                self.fit_probe_head()
+            for _ in range(0 if probe_round else epochs):
                 if self.step >= self.total_steps:
                     break
                 if self.target_depth(self.epoch) > self.depth:
                     self._unfreeze_to(self.target_depth(self.epoch))
-                if self.step == 0 and self.config.probes_head() and self.probe is None:
-                    self.fit_probe_head()
                 epoch = self.train_one_epoch()
                 totals["loss"] += epoch["train_loss"] * epoch["images"]
                 totals["correct"] += epoch["train_acc"] * epoch["images"]
                 totals["images"] += epoch["images"]
                 totals["seconds"] += epoch["seconds"]
             metrics: dict[str, Any] = {"epoch": self.epoch, "step": self.step}
-            seen = max(totals["images"], 1)
-            metrics.update({"train_loss": totals["loss"] / seen, "train_acc": totals["correct"] / seen,
-                            "images_per_second": totals["images"] / totals["seconds"] if totals["seconds"] else 0.0})
+            if not probe_round:
+                seen = max(totals["images"], 1)
+                metrics.update({"train_loss": totals["loss"] / seen, "train_acc": totals["correct"] / seen,
+                                "images_per_second": totals["images"] / totals["seconds"] if totals["seconds"] else 0.0})
             metrics.update(self.validate())
         except RuntimeError as err:
             if not is_out_of_memory(err):
@@ -386,7 +391,7 @@ class Trainer:
                               f"lower batch_size or image_size") from err
         metrics.update({f"lr/{g['stage']}": g["lr"] for g in self.optimizer.param_groups})  # at the last step
         metrics["unfrozen_stages"] = self.depth
-        if self.probe is not None and len(self.history) == 0:
+        if probe_round:
             metrics.update(self.probe)
         metrics["epoch_seconds"] = time.perf_counter() - start
         metric = self.config.metric
@@ -490,7 +495,7 @@ def fit(trainer: Trainer, out_dir, *, on_epoch=None) -> dict[str, Any]:
     """
     out_dir = Path(out_dir)
     while trainer.step < trainer.total_steps:
-        metrics = trainer.run_epoch()
+        metrics = trainer.run_epoch()  # with head_init=probe the first "epoch" is the probe (epoch 0)
         if metrics["improved"]:
             write_best(out_dir / "best", trainer.best_payload())
         save_torch(trainer.state_dict(), out_dir / "checkpoint.pt")

@@ -87,6 +87,8 @@ def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
     weights_choice = resolve_auto_weights(space.fixed, space, settings)
     if weights_choice:
         print(weights_choice)
+    if space.fixed.get("weights") not in (None, "imagenet", "none"):  # a file: trials run in other folders
+        space.fixed["weights"] = str(Path(space.fixed["weights"]).expanduser().resolve())
     check_space(space)
     if settings.data is None:
         if not settings.demo_data:

@@ -64,7 +64,7 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: data.Imag
     try:
         while trainer.step < trainer.total_steps:
             # Ray's iteration is our round, also after resuming from an older checkpoint than Ray's latest.
-            extra = {"node": node, "diverged": False, "training_iteration": trainer.epoch // plan.round_epochs + 1}
+            extra = {"node": node, "diverged": False, "training_iteration": len(trainer.history) + 1}
             if warning:
                 extra["warning"], warning = warning, None
             try:
