@@ -22,9 +22,12 @@ The goal line is judged on the steady figures. Peak GPU memory is torch.cuda.max
 per variant (reset between variants). The image cache, if the Trainer builds one, goes to a fresh
 temporary $TUNER_CACHE, so its one-off cost falls into "build s" or the warm-up epoch.
 
-Expects torch, torchvision and tuner importable (bench/gpu.sh tries `pip install -e .` if not).
+Needs only torch, torchvision, numpy, pillow, pyarrow and tqdm: nothing on this path imports Ray, Optuna
+or tensorboardX (tests/test_bench_gpu.py runs it with those made unimportable), so it runs on a bare GPU
+machine from the checkout (bench/gpu.sh puts the checkout on PYTHONPATH; no install, no network).
+The last line printed is one JSON object with every figure.
 A CPU smoke test (under a minute on 2 cores, even shared):
-    bash bench/gpu.sh --device cpu --image-size 32 --batch-size 4 --seed-batch-size 2 --batches 1 --repeats 1
+    bash bench/gpu.sh --device cpu --image-size 32 --batch-size 4 --seed-batch-size 2 --batches 2 --repeats 1
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import json
 import math
 import os
 import platform
@@ -58,10 +62,12 @@ from tuner import data
 from tuner.config import SEED_RECIPE, field_names, make_config
 from tuner.demo_data import CLASSES, write_demo_data
 from tuner.engine import Trainer, default_workers, resolve_device
+from tuner.precision import describe_machine
 
 GOAL_RATIO, GOAL_RATE = 3.0, 3000.0
 GOAL_LINE = "goal on one H100: >= 3x the seed loop and >= 3000 images/s full fine-tuning"
 SEED_BATCH = 32  # the tutorial's batch size
+OURS = "ours bf16"
 MAX_PER_CLASS = 600  # demo images written per class at most; longer epochs repeat them
 
 
@@ -222,13 +228,16 @@ def build_ours(args, splits, compile_model: bool) -> tuple[Trainer, str]:
 # --- the measurements --------------------------------------------------------------------------
 
 
-def measure_seed(args, splits, device, batch: int) -> Result:
-    """The tutorial's loop (training every stage) on as many images as one timed epoch of ours."""
+def measure_seed(args, splits, device, batch: int, compile_model: bool = False) -> Result:
+    """The tutorial's loop (training every stage) on as many images as one timed epoch of ours;
+    `compile_model` runs it through torch.compile(model), the loop otherwise as written."""
     reset_peak(device)
     images = args.batches * args.batch_size
     samples = sample_images(splits.train, math.ceil(images / batch) * batch)
     start = time.perf_counter()
     model, optimizer = build_seed(len(splits.classes), device, freeze_stem=False, train_all=True)
+    if compile_model:
+        model = torch.compile(model)  # same parameters, so the optimizer is unchanged
     loader = TimedLoader(seed_loader(samples, seed_train_transform(args.image_size), args.workers, batch))
     build_s = time.perf_counter() - start
 
@@ -237,8 +246,8 @@ def measure_seed(args, splits, device, batch: int) -> Result:
 
     warmup_s = timed_seconds(run, device)
     epoch_rate, steady = repeat_timed(run, loader, device, args.repeats)
-    return Result(f"seed loop fp32 NCHW (batch {batch})", batch, epoch_rate, steady, warmup_s, build_s,
-                  peak_mib(device))
+    return Result(f"seed loop fp32 NCHW{' compiled' if compile_model else ''} (batch {batch})", batch, epoch_rate,
+                  steady, warmup_s, build_s, peak_mib(device))
 
 
 def measure_ours(args, splits, device, compile_model: bool) -> tuple[Result, Trainer]:
@@ -252,7 +261,7 @@ def measure_ours(args, splits, device, compile_model: bool) -> tuple[Result, Tra
     epoch_rate, steady = repeat_timed(trainer.train_one_epoch, loader, device, args.repeats)
     if loader.images == 0:
         note += "; Trainer did not iterate train_loader: images/s not measured"
-    name = "ours bf16 channels_last" + (" compiled" if compile_model else " eager")
+    name = OURS + (" compiled" if compile_model else " eager")
     return Result(name, args.batch_size, epoch_rate, steady, warmup_s, build_s, peak_mib(device),
                   note.strip("; ")), trainer
 
@@ -339,7 +348,7 @@ def ratio_lines(seeds: list[Result], ours: list[Result]) -> list[str]:
     rows = []
     for o in ours:
         parts = [f"{fmt(ratio(o.steady_rate, s.steady_rate), '.2f')}x seed at batch {s.batch}" for s in seeds]
-        rows.append(f"ours/seed (steady) {o.name.removeprefix('ours bf16 channels_last ')}: " + ", ".join(parts))
+        rows.append(f"ours/seed (steady) {o.name.removeprefix(OURS + ' ')}: " + ", ".join(parts))
     return rows
 
 
@@ -400,7 +409,7 @@ def progress(start: float, text: str) -> None:
     print(f"[{time.perf_counter() - start:5.0f} s] {text}", flush=True)
 
 
-def run(args, device: torch.device, folder: Path) -> None:
+def run(args, device: torch.device, folder: Path) -> dict:
     start = time.perf_counter()
     print("\n".join(environment_lines(device, args.workers)), flush=True)
     splits = prepare_splits(args, folder / "data")
@@ -433,8 +442,13 @@ def run(args, device: torch.device, folder: Path) -> None:
             del trainer
         except Exception as err:  # noqa: BLE001  (a one-shot run must still print the other figures)
             progress(start, f"1. ours compiled: FAILED ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]})")
+        progress(start, f"1. seed loop compiled, batch {args.seed_batch_size}")
+        try:
+            seeds.append(measure_seed(args, splits, device, args.seed_batch_size, compile_model=True))
+        except Exception as err:  # noqa: BLE001  (as above)
+            progress(start, f"1. seed loop compiled: FAILED ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]})")
     else:
-        progress(start, "1. ours compiled: skipped (torch.compile of ResNet-50 takes minutes on a CPU; --compile on forces it)")
+        progress(start, "1. compiled variants: skipped (torch.compile of ResNet-50 takes minutes on a CPU; --compile on forces it)")
 
     progress(start, "done")
     print("\n1. full fine-tuning, training images/s (data loading included)")
@@ -445,6 +459,17 @@ def run(args, device: torch.device, folder: Path) -> None:
     print(f"\n3. {loader_line(loader_rates, model_only, args.workers)}")
     print("\n" + "\n".join(goal_lines(seeds, ours)))
     print(backend_flags() + " (at the end)")
+    return summary(args, device, seeds, ours, forward, forward_peak, loader_rates, model_only, start)
+
+
+def summary(args, device, seeds, ours, forward, forward_peak, loader_rates, model_only, start: float) -> dict:
+    """Every figure of the run in one JSON object (the last line printed), steady images/s."""
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else describe_machine(device),
+            "torch": torch.__version__, "image_size": args.image_size, "batch_size": args.batch_size,
+            "train_img_s": {r.name: r.steady_rate for r in seeds + ours},
+            "forward_img_s": forward, "loader_img_s": loader_rates[1], "model_only_img_s": model_only,
+            "peak_gpu_mib": {**{r.name: r.peak_mib for r in seeds + ours}, "forward": forward_peak},
+            "wall_s": round(time.perf_counter() - start, 1)}
 
 
 def main(argv=None) -> None:
@@ -456,8 +481,9 @@ def main(argv=None) -> None:
         args.workers = default_workers(device)
     with tempfile.TemporaryDirectory(prefix="tuner-gpu-bench-") as folder:
         os.environ["TUNER_CACHE"] = str(Path(folder) / "cache")  # a fresh node cache: its cost shows here
-        run(args, device, Path(folder))
+        figures = run(args, device, Path(folder))
     print(f"\nwall time: {time.perf_counter() - start:.0f} s")
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

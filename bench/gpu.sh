@@ -1,23 +1,19 @@
 #!/usr/bin/env bash
-# One-shot GPU benchmark (bench/gpu.py): full fine-tuning images/s of tuner's Trainer vs the seed loop,
-# forward-only, and whether the loader keeps up. Estimated 3-5 minutes on one H100 with the defaults
-# (most of it the torch.compile warm-up; not yet measured there).
+# One-shot GPU benchmark (bench/gpu.py): full fine-tuning images/s of tuner's Trainer vs the seed loop
+# (eager and torch.compile), forward-only, the loader against the model, peak GPU memory; the last line
+# is one JSON object with every figure. Sized for under 8 minutes on one H100/H200 (not yet measured there).
 #
-# Expects torch, torchvision and ray preinstalled, or pip access: if `import tuner` fails it tries
-# `pip install -e .` once and carries on either way (the import error then shows what is missing).
+# Runs on a bare GPU machine: it needs torch, torchvision, numpy, pillow, pyarrow and tqdm, and imports
+# tuner from this checkout (no install, no network, no Ray, Optuna or tensorboardX).
 # Arguments go to bench/gpu.py (--help lists them); with $OUT set the output is also saved to $OUT/gpu.txt.
-#   CPU smoke test:  bash bench/gpu.sh --device cpu --image-size 32 --batch-size 4 --seed-batch-size 2 --batches 1 --repeats 1
+#   CPU smoke test:  bash bench/gpu.sh --device cpu --image-size 32 --batch-size 4 --seed-batch-size 2 --batches 2 --repeats 1
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-if ! python -c "import tuner" >/dev/null 2>&1; then
-    echo "tuner is not importable: trying python -m pip install -q -e . (needs the wheels or network)" >&2
-    python -m pip install -q -e . || echo "pip install failed; continuing with what is installed" >&2
-fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ -n "${OUT:-}" ]]; then
     mkdir -p "$OUT"
-    python -u bench/gpu.py "$@" 2>&1 | tee "$OUT/gpu.txt"
+    python3 -u bench/gpu.py "$@" 2>&1 | tee "$OUT/gpu.txt"
 else
-    python -u bench/gpu.py "$@"
+    python3 -u bench/gpu.py "$@"
 fi

@@ -17,6 +17,7 @@ Every run also prints its trial turnover. Run from the repository root on an idl
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from tuner.demo_data import write_demo_data
+from tuner.precision import describe_machine
 
 # Per mode: the space and the flags both runs share, then (label, extra flags) of the two variants.
 MODES = {
@@ -52,8 +54,12 @@ def run_search(args, space: str, flags: list[str], storage: Path, name: str) -> 
     seconds = time.perf_counter() - start
     trials = pq.read_table(storage / name / "trials.parquet").to_pylist()
     epochs = pq.read_table(storage / name / "epochs.parquet").to_pylist()
+    record = json.loads((storage / name / "tuner.json").read_text())
+    chosen = {e["compute"] for e in epochs if e.get("compute")}
     return {
         "trials": len(trials),
+        "compute": ", ".join(sorted(chosen)) or "?",  # what the trials ran in, as chosen on this node
+        "compute_reason": (record.get("compute") or {}).get("reason", "chosen by each trial"),
         "trial_epochs": sum(row["epochs"] for row in trials),
         "best_val_acc": max(row["val_acc"] for row in trials if row["val_acc"] is not None),
         "seconds": seconds,
@@ -96,9 +102,11 @@ def main() -> None:
 
     print(f"{args.mode}: space {space}, {results[0][1]['trials']} trials one at a time, seed {args.seed}, "
           f"flags {' '.join(shared) or '-'}")
-    print(f"{'':22}{'trial-epochs':>14}{'best val_acc':>14}{'seconds':>10}{'turnover s':>12}")
+    print(f"machine: {describe_machine()}")
+    print(f"{'':22}{'trial-epochs':>14}{'best val_acc':>14}{'seconds':>10}{'turnover s':>12}  compute")
     for label, r in results:
-        print(f"{label:22}{r['trial_epochs']:>14}{r['best_val_acc']:>14.4f}{r['seconds']:>10.0f}{r['turnover']:>12.2f}")
+        print(f"{label:22}{r['trial_epochs']:>14}{r['best_val_acc']:>14.4f}{r['seconds']:>10.0f}{r['turnover']:>12.2f}"
+              f"  {r['compute']} ({r['compute_reason']})")
     (a_label, a), (b_label, b) = results
     print(f"ratio {a_label} / {b_label}: trial-epochs {a['trial_epochs'] / b['trial_epochs']:.2f}, "
           f"seconds {a['seconds'] / b['seconds']:.2f}, turnover {a['turnover'] / b['turnover']:.2f}, "

@@ -10,8 +10,9 @@ layer3 5e-5, batch 32, the same training images, the same `--device` and `--work
         (`--freeze-seed-stem` freezes it too, to see how much of the ratio that is).
   ours  tuner.engine.Trainer.train_one_epoch from make_config({**SEED_RECIPE, weights none}):
         its own loader (the node's decoded-image cache, crop and flip per image), the rest of
-        aug_strength 0.5 on whole batches (augment.BatchAugment), its default precision (auto: bf16
-        autocast on CPUs with bf16 units, fp32 otherwise) and channels_last.
+        aug_strength 0.5 on whole batches (augment.BatchAugment), and the precision and memory layout
+        that precision=auto and memory_format=auto choose on this machine (measured: tuner/precision.py),
+        printed beside every ratio with the CPU model and its bf16 units.
 
 Images/s counts everything one training batch costs: decoding and augmenting the images, the
 forward and backward pass and the optimizer step. Each side first trains one warm-up batch (not
@@ -29,6 +30,10 @@ accuracy after every epoch, side by side (the speed-up must not cost accuracy).
 (ru_maxrss after `--memory-steps` steps, and its increase over the process right after the model was
 built); `--memory only` prints just that. A search runs several such trials per node, so this bounds
 how many fit in a node's memory.
+
+`--process` times whole processes instead, A B A B after a warm-up pair: `tuner train` with the seed's
+own recipe against the seed tutorial's whole program (its model, transforms, train and val phases, best
+weights kept), 64 px, 1,280 demo training images, 2 epochs; `--process-precision fp32` fixes ours to fp32.
 
 The loader check (`--loader-sizes`) times only the training batches' preparation on one core:
 the seed's PIL pipeline, ours decoding the files every epoch (`image_cache=false`) and ours from the
@@ -68,7 +73,8 @@ except ImportError:  # not installed: run from the checkout
 from tuner import data
 from tuner.config import SEED_RECIPE, make_config
 from tuner.demo_data import write_demo_data
-from tuner.engine import Trainer, autocast_dtype, cpu_has_native_bf16, resolve_device
+from tuner.engine import Trainer, resolve_device
+from tuner.precision import cpu_has_native_bf16, cpu_model, describe_machine
 from tuner.errors import UserError
 
 BATCH_SIZE = 32  # the seed's batch size
@@ -77,6 +83,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 ACCURACY_SIZE = 64  # image size of the accuracy check: keeps N epochs of both sides to minutes on a CPU
 MEMORY_SIZE = 224  # image size of the memory check: the product's default, where activations are largest
 MEMORY_PRECISIONS = ("fp32", "bf16")
+PROCESS_IMAGES_PER_CLASS = 160  # x 8 classes: about the 1,300 images of the issue's held-out check
 
 
 # --- the seed tutorial's loop ------------------------------------------------------------------
@@ -241,6 +248,7 @@ def sample_images(train, n: int, seed: int = 0):
 def measure_size(splits, size: int, batches: int, args) -> dict:
     """Per-round images/s of both sides at `size`; prints each round as it finishes."""
     trainer = build_ours(splits, size, args)
+    print(f"  ours computes in {trainer.compute.describe()}", flush=True)
     seed = build_seed(len(splits.classes), trainer.device, args.freeze_seed_stem)
     samples = sample_images(splits.train, batches * BATCH_SIZE)
     warmup = samples[:BATCH_SIZE]
@@ -257,7 +265,8 @@ def measure_size(splits, size: int, batches: int, args) -> dict:
         print(f"  {size:>4} px  round {round_}: seed {seed_rates[-1]:7.1f} img/s   ours {our_rates[-1]:7.1f} img/s"
               f"   ratio {our_rates[-1] / seed_rates[-1]:.2f}   cpu share {seed_time.share:.2f} / {our_time.share:.2f}",
               flush=True)
-    return {"size": size, "seed": seed_rates, "ours": our_rates, "min_share": min(shares)}
+    return {"size": size, "seed": seed_rates, "ours": our_rates, "min_share": min(shares),
+            "compute": f"{trainer.compute.precision}/{trainer.compute.memory_format}"}
 
 
 def compare_accuracy(splits, epochs: int, args) -> None:
@@ -409,22 +418,83 @@ def compare_memory(data_dir: Path, steps: int) -> None:
         print("(this CPU has no bf16 units: precision auto would train in fp32 here)")
 
 
+# --- whole processes: `tuner train` against the seed tutorial's program ---------------------------
+
+
+def seed_program(data_dir: Path, size: int, epochs: int) -> dict:
+    """The seed tutorial's whole program: its model, transforms and train_model loop (a train and a val
+    phase every epoch, the best weights kept), at `size`; what --process times as one process."""
+    splits = data.load_splits(data_dir)
+    device = torch.device("cpu")
+    model, optimizer = build_seed(len(splits.classes), device, freeze_stem=False)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    train = seed_loader(splits.train, seed_train_transform(size), workers=0)
+    val = seed_loader(splits.val, seed_eval_transform(size), workers=0)
+    best_acc, best_weights = -1.0, None
+    for _ in range(epochs):
+        seed_train(model, optimizer, train, device)
+        scheduler.step()
+        accuracy = seed_val_acc(model, val, device)
+        if accuracy > best_acc:
+            best_acc, best_weights = accuracy, {k: v.clone() for k, v in model.state_dict().items()}
+    return {"val_acc": best_acc}
+
+
+def tuner_train_command(data_dir: Path, out: Path, size: int, epochs: int, precision: str) -> list[str]:
+    """`tuner train` with the seed's own recipe (layer3, layer4 and the head at its rates), random init."""
+    recipe = {**SEED_RECIPE, "weights": "none", "image_size": size, "batch_size": BATCH_SIZE, "epochs": epochs,
+              "precision": precision}
+    return [sys.executable, "-m", "tuner", "train", "--data", str(data_dir), "--out", str(out),
+            *[f"--set={k}={v}" for k, v in recipe.items()]]
+
+
+def compare_processes(data_dir: Path, args) -> None:
+    """Whole-process seconds, alternating tuner train and the seed program; ratios pair by pair."""
+    images = len(data.load_splits(data_dir).train)
+    print(f"\nwhole processes: `tuner train` (seed recipe, precision {args.process_precision}) against the seed "
+          f"tutorial's program, {args.process_size} px, {images} training images, {args.process_epochs} epochs, "
+          f"one warm-up pair then {args.rounds} pairs; the node cache (decoded images, the compute probe) is "
+          f"built in the warm-up, as on a node that has run the data once", flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    seed = [sys.executable, __file__, "--seed-child", "--data", str(data_dir), "--process-size", str(args.process_size),
+            "--process-epochs", str(args.process_epochs)]
+    ratios = []
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-process-") as folder:
+        env["TUNER_CACHE"] = str(Path(folder) / "cache")
+        for round_ in range(args.rounds + 1):
+            out = Path(folder) / f"train-{round_}"
+            ours_s, ours_out = _timed_process(tuner_train_command(data_dir, out, args.process_size, args.process_epochs,
+                                                                  args.process_precision), env)
+            seed_s, seed_out = _timed_process(seed, env)
+            compute = next((line for line in ours_out.splitlines() if line.startswith("compute:")), "compute: ?")
+            ours_acc = json.loads((out / "best" / "metrics.json").read_text())["val_acc"]
+            label = "warm-up" if round_ == 0 else f"pair {round_}"
+            print(f"  {label}: tuner train {ours_s:6.1f} s (val_acc {ours_acc:.3f}), seed {seed_s:6.1f} s "
+                  f"(val_acc {json.loads(seed_out.splitlines()[-1])['val_acc']:.3f}), seed / tuner {seed_s / ours_s:.2f}"
+                  f"; {compute}", flush=True)
+            if round_:
+                ratios.append(seed_s / ours_s)
+    print(f"whole process, seed seconds / tuner train seconds: median {statistics.median(ratios):.2f} "
+          f"({', '.join(f'{r:.2f}' for r in ratios)}) on {describe_machine()}")
+
+
+def _timed_process(command: list[str], env: dict) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:4])} ... failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return seconds, result.stdout
+
+
 # --- reporting ---------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_lines(device: torch.device) -> list[str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [
+        f"machine: {describe_machine(device)}",
         f"cpu: {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), torch threads {torch.get_num_threads()}",
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, python {platform.python_version()}",
         f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
@@ -435,12 +505,14 @@ def machine_lines(device: torch.device) -> list[str]:
 
 
 def summary_table(results: list[dict]) -> list[str]:
-    rows = ["size  seed img/s  ours img/s  ratio  min cpu share  (medians over rounds; per-round ratios)"]
+    rows = [f"machine: {describe_machine()}",
+            "size  seed img/s  ours img/s  ratio  min cpu share  ours computes in  (medians over rounds; per-round ratios)"]
     for r in results:
         ratios = [o / s for s, o in zip(r["seed"], r["ours"])]
         rows.append(
             f"{r['size']:<4}  {statistics.median(r['seed']):>10.1f}  {statistics.median(r['ours']):>10.1f}"
-            f"  {statistics.median(ratios):>5.2f}  {r['min_share']:>13.2f}  ({', '.join(f'{x:.2f}' for x in ratios)})"
+            f"  {statistics.median(ratios):>5.2f}  {r['min_share']:>13.2f}  {r['compute']:<16}"
+            f"  ({', '.join(f'{x:.2f}' for x in ratios)})"
         )
     return rows
 
@@ -481,6 +553,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--memory-steps", type=int, default=2,
                         help="training steps of the memory check (from the second on, Adam's state is held through the step)")
     parser.add_argument("--memory-child", choices=MEMORY_PRECISIONS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--process", action="store_true",
+                        help="instead of the rounds above: whole `tuner train` processes against the seed "
+                             f"tutorial's program, on {PROCESS_IMAGES_PER_CLASS} training images a class of the demo data")
+    parser.add_argument("--process-size", type=int, default=64, help="image size of --process")
+    parser.add_argument("--process-epochs", type=int, default=2, help="epochs of --process")
+    parser.add_argument("--process-precision", default="auto", help="tuner train's precision in --process")
+    parser.add_argument("--seed-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batches is None:
         args.batches = [12 if size <= 64 else 3 for size in args.sizes]
@@ -502,14 +581,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace, data_dir: Path) -> None:
     splits = data.load_splits(data_dir)
     device = resolve_device(args.device)
-    amp = autocast_dtype(make_config().precision, device)  # what Trainer picks for the default precision
-    precision = "fp32" if amp is None else f"{str(amp).removeprefix('torch.')} autocast"
     print("\n".join(machine_lines(device)))
     print(f"data: {data_dir} ({len(splits.classes)} classes, {len(splits.train)} train images)", flush=True)
     if args.memory == "only":
         compare_memory(data_dir, args.memory_steps)
         return
-    print(f"ours: {precision}, channels_last{', torch.compile' if args.compile else ''}; seed: fp32, NCHW; workers {args.workers}; "
+    print(f"ours: precision and layout as precision=auto and memory_format=auto choose them (printed per size)"
+          f"{', torch.compile' if args.compile else ''}; seed: fp32, NCHW; workers {args.workers}; "
           f"seed stem {'frozen' if args.freeze_seed_stem else 'trainable (as in the tutorial)'}\n", flush=True)
     results = []
     for size, batches in zip(args.sizes, args.batches):
@@ -535,9 +613,18 @@ def main(argv=None) -> None:
     if args.memory_child:  # one trial of the memory check, in the fresh process compare_memory started
         print(json.dumps(memory_trial(args.data, args.memory_child, args.memory_steps)))
         return
+    if args.seed_child:  # the seed program, in the fresh process compare_processes started
+        torch.manual_seed(0)
+        print(json.dumps(seed_program(args.data, args.process_size, args.process_epochs)))
+        return
     start = time.perf_counter()
     try:
-        if args.data is not None:
+        if args.process:
+            print(f"machine: {describe_machine()}")
+            with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:
+                write_demo_data(folder, train_per_class=PROCESS_IMAGES_PER_CLASS)
+                compare_processes(Path(folder), args)
+        elif args.data is not None:
             run(args, args.data)
         else:
             with tempfile.TemporaryDirectory(prefix="tuner-bench-") as folder:

@@ -47,11 +47,11 @@ except ImportError:  # not installed: run from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainer import cpu_model, seed_eval_transform, seed_loader, seed_train, seed_train_transform, seed_val_acc
+from trainer import seed_eval_transform, seed_loader, seed_train, seed_train_transform, seed_val_acc
 
 from tuner import data
 from tuner.demo_data import CLASSES, TRANSFER_CLASSES, write_demo_data
-from tuner.engine import cpu_has_native_bf16
+from tuner.precision import describe_machine
 
 IMAGE_SIZE = 32  # small enough for a 12-trial ResNet-50 search in minutes on a CPU
 # From scratch at 32 px a ResNet-50 learns slowly: AdamW 2e-3 for 15 epochs reached 0.40 val_acc.
@@ -200,8 +200,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the seed recipes")
     args = parser.parse_args()
 
-    bf16 = "native bf16 (AVX512-BF16/AMX)" if cpu_has_native_bf16() else "no native bf16"
-    print(f"cpu: {cpu_model()}, {bf16}; torch {torch.__version__}, python {platform.python_version()}")
+    print(f"machine: {describe_machine()}, python {platform.python_version()}")
     folders = write_data(args.work, tuple(args.targets))
     weights = pretrain(args.work, folders["source"])
     table = []

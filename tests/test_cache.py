@@ -75,6 +75,12 @@ def test_the_cache_command_lists_and_clears(tmp_path, capsys):
     assert cache.cache_usage()["images"] == (0, 0)
 
 
+def test_the_cache_command_knows_every_kind_the_cache_keeps():
+    from tuner.__main__ import CACHE_KINDS
+
+    assert CACHE_KINDS == cache.KINDS
+
+
 # --- cached and uncached training give the same numbers ---
 
 

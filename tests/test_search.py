@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -101,6 +102,37 @@ def test_best_is_the_best_epoch_and_reproduces_its_val_acc(finished, setup):
     assert evaluate_payload(payload, splits, "val")["val_acc"] == pytest.approx(metrics["val_acc"])
 
 
+def test_the_compute_choice_is_printed_recorded_and_used_by_the_trials(finished):
+    run, output = finished
+    record = json.loads((run / "tuner.json").read_text())["compute"]
+    chosen = f"{record['precision']}/{record['memory_format']}"
+    assert record["reason"] in output and f"compute: {record['precision']}, {record['memory_format']}" in output
+    assert chosen == min(record["seconds"], key=record["seconds"].get)  # measured: the fastest won
+    epochs = pq.read_table(run / "epochs.parquet").to_pylist()
+    trials = pq.read_table(run / "trials.parquet").to_pylist()
+    # Trials of the driver's configuration (unfreeze_depth 2 by default) read its answer from the node cache.
+    same = {row["trial_id"] for row in trials if row["unfreeze_depth"] == 2}
+    assert all(e["compute"] == chosen for e in epochs if e["trial_id"] in same)
+    assert json.loads((run / "best" / "metrics.json").read_text())["compute"] in {e["compute"] for e in epochs}
+
+
+def test_only_the_best_trial_keeps_its_checkpoints_when_the_search_ends(finished, tmp_path):
+    run, output = finished
+    best = json.loads((run / "best" / "metrics.json").read_text())["trial_id"]
+    kept = {p.parent.name for p in run.glob("trial_*/checkpoint_*")}
+    assert kept == {f"trial_{best}"}, kept
+    assert "finished trials other than the best" in output and "--keep-checkpoints all keeps them" in output
+    # A finished search still resumes (nothing to run) and still exports the same best/.
+    copy = tmp_path / "full"
+    shutil.copytree(run, copy)
+    result = subprocess.run(tuner_command("resume", str(copy)), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((copy / "best" / "metrics.json").read_text()) == json.loads((run / "best" / "metrics.json").read_text())
+    rows = [sorted(pq.read_table(folder / "trials.parquet").to_pylist(), key=lambda r: r["trial_id"])
+            for folder in (copy, run)]
+    assert rows[0] == rows[1]  # the same trials, nothing re-run (Ray may list them in another order)
+
+
 def test_tensorboard_event_files_exist_for_every_trial(finished):
     run, _ = finished
     trial_dirs = [p for p in run.iterdir() if p.name.startswith("trial_")]
@@ -173,7 +205,7 @@ def test_killed_search_resumes_without_losing_or_rerunning_finished_trials(setup
     process = subprocess.Popen(
         tuner_command("search", "--space", str(setup / "space.py"), "--data", str(setup / "data"),
                       "--storage", str(setup / "runs"), "--name", "killed", "--trials", "4",
-                      "--max-concurrent", "1", "--max-epochs", "2", "--grace-period", "2"),
+                      "--max-concurrent", "1", "--max-epochs", "2", "--grace-period", "2", "--keep-checkpoints", "all"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
@@ -193,6 +225,7 @@ def test_killed_search_resumes_without_losing_or_rerunning_finished_trials(setup
     for name, progress in finished_before.items():  # finished trials were neither lost nor re-run
         assert (run / name / "progress.csv").read_text() == progress
     assert (run / "best" / "model.pt").is_file()
+    assert all(list(trial.glob("checkpoint_*")) for trial in run.glob("trial_*"))  # --keep-checkpoints all
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -200,6 +233,7 @@ def test_killed_search_resumes_without_losing_or_rerunning_finished_trials(setup
     pytest.param(["search", "--space", "{space}", "--gpus-per-trial", "1"], "GPUs",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     (["search", "--space", "{space}", "--grace-period", "9", "--max-epochs", "2"], "grace_period (9) must be <="),
+    (["search", "--space", "{space}", "--keep-checkpoints", "some"], "keep_checkpoints 'some' is not allowed"),
     (["resume", "{tmp}"], "is not a tuner run"),
 ])
 def test_bad_search_input_is_one_line_and_exit_code_2(setup, tmp_path, argv, fragment):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .errors import UserError
 
+CACHE_KINDS = ("data", "images", "features", "compute")  # tuner.cache.KINDS, without importing torch for --help
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit code 2."""
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", help="show or clear this node's cache of decoded images and features",
                                 formatter_class=_formatter)
     cache.add_argument("action", choices=("list", "clear"), help="list: entries and sizes; clear: delete them")
-    cache.add_argument("--kind", choices=("data", "images", "features"), action="append",
+    cache.add_argument("--kind", choices=CACHE_KINDS, action="append",
                        help="only this kind (repeatable); default: every kind")
     demo = commands.add_parser("demo-data", help="write the built-in demo dataset", formatter_class=_formatter)
     demo.add_argument("out", metavar="DIR")
@@ -92,6 +94,8 @@ _SEARCH_FLAGS = (
     ("--time-budget", float, "seconds after which the search stops, running trials included (default: none)"),
     ("--seed", int, "seed of the Optuna sampler"),
     ("--max-failures", int, "restarts of a crashed trial from its last checkpoint"),
+    ("--keep-checkpoints", str, "best: when the search ends, delete the checkpoints of finished trials other "
+                                "than the best trial's; all: keep them"),
     ("--storage", str, "where run folders go (STORAGE/NAME)"),
     ("--name", str, "run name (default: SPACE-YYYYmmdd-HHMMSS)"),
     ("--address", str, "join this Ray cluster (default: start a local Ray)"),
@@ -199,7 +203,8 @@ def _print_run_header(trainer, splits) -> None:
           + (f", {splits.dropped} bad files dropped" if splits.dropped else ""))
     print(f"model: {trainer.config.model}, weights: {weights['name']}"
           + (f" (sha256 {weights['sha256'][:12]})" if weights.get("sha256") else "")
-          + f", device: {trainer.device}, precision: {trainer.amp_dtype or 'fp32'}")
+          + f", device: {trainer.device}")
+    print(f"compute: {trainer.compute.describe()}")
     print(f"length: {trainer.total_steps} optimizer steps ({trainer.epoch_steps} an epoch), head: "
           + ("linear probe on the frozen features, then trained" if trainer.config.probes_head() else "random init"))
 

@@ -4,6 +4,7 @@
         data/<hash>/       datasets fetched from a URI (storage.local_data)
         images/<key>/      every image of a split decoded once and resized: pixels.u8 + index.npy
         features/<key>/    a frozen backbone's features per image and view: features.f32 + shape.json
+        compute/<key>/     the compute probe's seconds a step per precision and layout (precision.py)
 
 A key is a hash of everything an entry depends on (for images: each file's path, size and mtime, and
 the resize; for features also the model, its weights' hash, the image size, the views and the
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-KINDS = ("data", "images", "features")
+KINDS = ("data", "images", "features", "compute")
 IMAGES_FORMAT = "tuner.images/1"  # bump when the layout or the decoding changes
 FEATURES_FORMAT = "tuner.features/1"
 

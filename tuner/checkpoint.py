@@ -14,7 +14,7 @@ from .errors import UserError, first_line
 from .model import CHECKPOINT_FORMAT, file_sha256
 
 # What a checkpoint says about its model beyond the weights; part of every checkpoint we write.
-DESCRIPTION_KEYS = ("config", "classes", "weights", "normalization")
+DESCRIPTION_KEYS = ("config", "classes", "weights", "normalization", "compute")
 # A file's sha256 sidecar, `sha256sum` format: torch.load reads a zip without checking its CRCs, so a
 # flipped byte in a tensor loads as wrong weights; the sidecar catches that.
 CHECKSUM_SUFFIX = ".sha256"
@@ -123,7 +123,7 @@ def model_payload(model: dict, description: dict[str, Any], epoch: int, metrics:
     """What `best/model.pt` holds: weights plus what to rebuild and use them (config, classes, weights
     provenance, normalisation: `description`, as in Trainer.description() or a saved trainer state)."""
     return {"format": CHECKPOINT_FORMAT, "model": model,
-            **{key: description[key] for key in DESCRIPTION_KEYS}, "epoch": epoch, "metrics": metrics}
+            **{key: description.get(key) for key in DESCRIPTION_KEYS}, "epoch": epoch, "metrics": metrics}
 
 
 def write_best(folder: Path, payload: dict[str, Any]) -> None:
@@ -132,5 +132,6 @@ def write_best(folder: Path, payload: dict[str, Any]) -> None:
     save_torch(payload, folder / "model.pt")
     save_json(payload["config"], folder / "config.json")
     save_json(payload["classes"], folder / "classes.json")
-    save_json({**payload["metrics"], "epoch": payload["epoch"], "weights": payload["weights"]},
-              folder / "metrics.json")
+    compute = payload.get("compute") or {}  # None in checkpoints from before the compute choice
+    save_json({**payload["metrics"], "epoch": payload["epoch"], "weights": payload["weights"],
+               "compute_reason": compute.get("reason")}, folder / "metrics.json")

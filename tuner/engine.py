@@ -26,13 +26,16 @@ from .config import METRICS, TrainConfig, is_better
 from .errors import UserError
 from .model import (
     CHECKPOINT_FORMAT,
+    apply_trained_state,
     build_model,
     build_optimizer,
     normalization,
     param_groups,
     set_trained_depth,
+    trained_keys,
     trained_stages,
 )
+from .precision import choose_compute
 from .probe import fit_probe
 
 
@@ -67,30 +70,11 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return device
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512-BF16, AMX), where bf16 autocast is 2-5x faster."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def default_workers(device: torch.device) -> int:
     """Loader processes: several to feed a GPU; none on a CPU, where they would take cores from the model."""
     if device.type == "cuda":
         return max(1, min(8, (os.cpu_count() or 2) - 1))
     return 0
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`; None means plain fp32."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on the CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def group_stages(depth: int) -> tuple[str, ...]:
@@ -125,11 +109,14 @@ class Trainer:
         self.config = config
         self.classes = list(splits.classes)
         self.device = resolve_device(device)
-        self.amp_dtype = autocast_dtype(config.precision, self.device)
         self.progress = progress
         self.model, self.weights = build_model(config, len(self.classes))
-        # channels_last suits both cuDNN and oneDNN convolutions (1.2-2x here on CPU).
-        self.model.to(self.device, memory_format=torch.channels_last)
+        self.model.to(self.device)
+        # Precision and layout: as configured, or measured on this node (precision.py; cached per node).
+        self.compute = choose_compute(config, self.model, self.device, num_classes=len(self.classes))
+        self.amp_dtype = self.compute.autocast_dtype
+        self.memory_format = self.compute.torch_memory_format
+        self.model.to(memory_format=self.memory_format)
         # Compiled or not, the parameters (and state_dict keys) are self.model's.
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.normalization = normalization(config.model)
@@ -206,7 +193,7 @@ class Trainer:
             images = self.augment(images, self.augment_generator)
         else:
             images = normalize(images, **self.normalization)
-        return images.contiguous(memory_format=torch.channels_last), labels.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=True)
 
     def head_only(self) -> bool:
         """Whether this epoch trains the head alone on cached backbone features (frozen backbone)."""
@@ -342,7 +329,7 @@ class Trainer:
                 first = 0
                 for images, _ in loader:
                     images = images.to(self.device, non_blocking=True)
-                    inputs = augment(images, generator).contiguous(memory_format=torch.channels_last)
+                    inputs = augment(images, generator).contiguous(memory_format=self.memory_format)
                     with self._autocast():
                         features = self.model.features(inputs)
                     array[first:first + len(features), view] = features.float().cpu().numpy()
@@ -391,6 +378,7 @@ class Trainer:
                               f"lower batch_size or image_size") from err
         metrics.update({f"lr/{g['stage']}": g["lr"] for g in self.optimizer.param_groups})  # at the last step
         metrics["unfrozen_stages"] = self.depth
+        metrics["compute"] = f"{self.compute.precision}/{self.compute.memory_format}"  # as chosen on this node
         if probe_round:
             metrics.update(self.probe)
         metrics["epoch_seconds"] = time.perf_counter() - start
@@ -442,19 +430,26 @@ class Trainer:
                              {**self.best_metrics, **(extra_metrics or {})})
 
     def description(self) -> dict[str, Any]:
-        """Config, class names, weights provenance and normalisation: what a checkpoint needs besides tensors."""
+        """Config, class names, weights provenance, normalisation and the compute choice: what a checkpoint
+        needs besides tensors."""
         return {"config": self.config.to_dict(), "classes": self.classes, "weights": self.weights,
-                "normalization": self.normalization}
+                "normalization": self.normalization, "compute": self.compute.to_dict()}
 
     def state_dict(self, include_best: bool = True) -> dict[str, Any]:
-        """Everything needed to continue this run exactly where it stopped.
+        """Everything needed to continue this run exactly where it stopped, lean: of the model only the
+        tensors training changed (the head and the stages trained so far; the rest is the starting
+        weights, named by `base_sha256`), so a head-only checkpoint is kilobytes, not a whole ResNet.
 
-        `include_best=False` leaves out the copy of the best weights (for callers that keep the
-        best epoch's checkpoint themselves, as Ray Tune does).
+        `include_best=False` leaves out the best weights (for callers that keep the best epoch's
+        checkpoint themselves, as Ray Tune does).
         """
+        # Stages not trained by now never were (depth only grows), so these keys cover the best weights too.
+        keys = trained_keys(self.model, self.depth)
+        best = {k: self.best_state[k] for k in keys} if include_best and self.best_state is not None else None
         return {
             "format": CHECKPOINT_FORMAT,
-            "model": self.model.state_dict(),
+            "model": {k: v for k, v in self.model.state_dict().items() if k in keys},
+            "base_sha256": self.weights["state_sha256"],
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "depth": self.depth,
@@ -465,7 +460,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             **self.description(),
             "best_metrics": self.best_metrics,
-            "best_state": self.best_state if include_best else None,
+            "best_state": best,
             "history": self.history,
         }
 
@@ -476,14 +471,17 @@ class Trainer:
                 f"resume with the same data"
             )
         self._unfreeze_to(state["depth"])
-        self.model.load_state_dict(state["model"])
+        # The best weights are the starting weights with the checkpoint's best trained tensors on top.
+        starting = copy.deepcopy(self.model.state_dict()) if state["best_state"] is not None else None
+        apply_trained_state(self.model, self.weights, state["model"], state.get("base_sha256"), "the checkpoint")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.probe = state["epoch"], state["step"], state["probe"]
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.best_metrics, self.best_state = state["best_metrics"], state["best_state"]
+        self.best_metrics = state["best_metrics"]
+        self.best_state = None if starting is None else {**starting, **state["best_state"]}
         self.history = list(state["history"])
 
 

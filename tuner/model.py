@@ -126,6 +126,7 @@ def _backbone(name: str, weights: str, seed: int) -> tuple[TransferResNet, dict[
         block, layers = _ARCHITECTURES[name]
         model = TransferResNet(block, layers)
         provenance = load_backbone_weights(model, name, weights)
+        provenance["state_sha256"] = state_sha256(model.state_dict())  # what lean checkpoints apply to
         _BACKBONES[key] = (model, provenance, torch.get_rng_state())
         while len(_BACKBONES) > KEEP_BACKBONES:
             _BACKBONES.popitem(last=False)
@@ -218,6 +219,48 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A digest of a model's tensors (names, dtypes, shapes, bytes): the identity of starting weights,
+    random init included, that a checkpoint of only the trained tensors applies to."""
+    digest = hashlib.sha256()
+    for key, tensor in state.items():
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def trained_keys(model: nn.Module, depth: int) -> list[str]:
+    """The state keys training at `depth` can change: the head's and the trained stages' parameters and
+    batch-norm statistics. Everything else is the starting weights, bit for bit (frozen stages get no
+    gradients and their batch norm stays in eval mode)."""
+    active = set(trained_stages(depth)) | {"head"}
+    return [key for key in model.state_dict() if stage_of(key) in active]
+
+
+def apply_trained_state(model: nn.Module, provenance: dict[str, Any], trained: dict[str, torch.Tensor],
+                        base_sha256: str | None, shown: str) -> None:
+    """Load a checkpoint's trained tensors onto `model`, which must hold the starting weights they apply to.
+
+    A checkpoint written before lean checkpoints (no `base_sha256`) holds every tensor and loads as it is.
+    """
+    if base_sha256 is not None and base_sha256 != provenance.get("state_sha256"):
+        raise UserError(f"{shown} holds the trained part of a model whose starting weights had sha256 "
+                        f"{base_sha256[:12]}, but weights={provenance.get('name')} now give "
+                        f"{str(provenance.get('state_sha256'))[:12]}; restore the weights file it was trained from")
+    unknown = sorted(set(trained) - set(model.state_dict()))
+    if unknown:
+        raise UserError(f"{shown} does not fit this model: {len(unknown)} unknown keys (first: {unknown[0]})")
+    model.load_state_dict(trained, strict=base_sha256 is None)
+
+
+def full_model_state(state: dict[str, Any], shown: str) -> dict[str, torch.Tensor]:
+    """The whole model of a lean trainer checkpoint: its starting weights rebuilt from its config, its
+    trained tensors applied (what best/model.pt holds, so that it serves without the weights file)."""
+    model, provenance = build_model(TrainConfig(**state["config"]), len(state["classes"]))
+    apply_trained_state(model, provenance, state["model"], state.get("base_sha256"), shown)
+    return model.state_dict()
 
 
 def normalization(name: str) -> dict[str, list[float]]:

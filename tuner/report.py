@@ -388,7 +388,7 @@ def best_model_analysis(run: RunData, *, mistakes: int = 12, device: str = "cpu"
     from torch.utils.data import DataLoader
 
     from . import data
-    from .engine import autocast_dtype
+    from .precision import DTYPES
     from .predict import Predictor
     from .storage import local_data
 
@@ -412,10 +412,11 @@ def best_model_analysis(run: RunData, *, mistakes: int = 12, device: str = "cpu"
     if splits.classes != predictor.classes:
         raise NotAvailable(f"the data at {location!r} now has classes {splits.classes}, the model "
                            f"{predictor.classes}; the data changed since the search")
-    # The precision the search evaluated in (bf16 on CPUs with bf16 units), so the accuracy here is its val_acc.
-    precision = config.get("precision", "auto")
-    dtype = autocast_dtype("fp32" if precision == "fp16" and predictor.device.type != "cuda" else precision,
-                           predictor.device)
+    # The precision the search evaluated in (as its trial chose it), so the accuracy here is its val_acc.
+    metrics_file = run.fetch("best/metrics.json")
+    compute = json.loads(metrics_file.read_text()).get("compute", "fp32/") if metrics_file else "fp32/"
+    precision = compute.split("/")[0]
+    dtype = DTYPES["fp32" if precision == "fp16" and predictor.device.type != "cuda" else precision]
     probabilities = []
     loader = DataLoader(data.ImageListDataset(splits.val, predictor.transform), batch_size=64)
     with torch.no_grad(), torch.autocast(predictor.device.type, dtype=dtype, enabled=dtype is not None):

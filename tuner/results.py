@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
@@ -18,10 +19,9 @@ from .config import METRICS, field_names, is_better, make_config
 from .engine import Diverged, Trainer
 from .errors import first_line
 from .faults import fault_point
+from .model import full_model_state
 from .run_files import RAY_COLUMNS, STATUSES
 from .trainable import load_trainer_state
-
-
 
 
 def trial_status(result, budget: SearchBudget) -> str:
@@ -147,7 +147,8 @@ def export_best(grid, run_dir: Path, settings, splits: data.ImageSplits) -> dict
 def _write_best(state: dict[str, Any], metrics: dict[str, Any], run_dir: Path,
                 splits: data.ImageSplits) -> dict[str, Any]:
     epoch_metrics = {k: v for k, v in metrics.items() if k not in RAY_COLUMNS and not k.startswith("config")}
-    payload = model_payload(state["model"], state, state["epoch"], {**epoch_metrics, "trial_id": metrics.get("trial_id")})
+    model = full_model_state(state, f"checkpoint of trial {metrics.get('trial_id')}")
+    payload = model_payload(model, state, state["epoch"], {**epoch_metrics, "trial_id": metrics.get("trial_id")})
     if splits.test:
         payload["metrics"].update(evaluate_payload(payload, splits))
     write_best(run_dir / "best", payload)
@@ -156,9 +157,11 @@ def _write_best(state: dict[str, Any], metrics: dict[str, Any], run_dir: Path,
 
 def evaluate_payload(payload: dict[str, Any], splits: data.ImageSplits, split: str = "test") -> dict[str, float]:
     """Metrics of a saved model on one split of the data (test: once, never used for selection)."""
-    config = make_config({**payload["config"], "weights": "none"})
-    if config.precision == "fp16" and not torch.cuda.is_available():  # trained on a GPU, evaluated here
-        config.precision = "fp32"
+    # In the precision and layout the trial validated in (no probe here), so the metrics are comparable.
+    precision, _, layout = payload["metrics"].get("compute", "auto/auto").partition("/")
+    if precision == "fp16" and not torch.cuda.is_available():  # trained on a GPU, evaluated here
+        precision = "fp32"
+    config = make_config({**payload["config"], "weights": "none", "precision": precision, "memory_format": layout})
     trainer = Trainer(config, splits, num_workers=0)
     trainer.model.load_state_dict(payload["model"])
     loader = trainer.test_loader if split == "test" else trainer.val_loader
@@ -174,6 +177,33 @@ def export_results(grid, run_dir: Path, settings, searched: list[str], splits: d
     fault_point("export")
     payload = export_best(grid, run_dir, settings, splits)
     print_summary(rows, payload, location or str(run_dir), settings, searched)
+    if settings.keep_checkpoints == "best":
+        best_trial = payload["metrics"]["trial_id"] if payload else None
+        dropped, size = drop_finished_checkpoints(grid, rows, keep=best_trial)
+        if dropped:
+            print(f"deleted the checkpoints of {dropped} finished trials other than the best ({size / 2**20:.1f} MiB); "
+                  f"--keep-checkpoints all keeps them")
+
+
+def drop_finished_checkpoints(grid, rows: list[dict[str, Any]], keep: str | None) -> tuple[int, int]:
+    """Delete the checkpoint folders of finished trials but `keep` (the best); returns (trials, bytes).
+
+    Errored trials keep theirs: `tuner resume` restarts them from there. Finished trials are never
+    trained again, best/ already holds the best model, and on a cluster every kept checkpoint is
+    storage paid for.
+    """
+    finished = {row["trial_id"] for row in rows if row["status"] != "errored" and row["trial_id"] != keep}
+    trials = freed = 0
+    for result in grid:
+        if Path(result.path).name.removeprefix("trial_") not in finished:
+            continue
+        folders = [entry for entry in result.filesystem.get_file_info(pafs.FileSelector(result.path, allow_not_found=True))
+                   if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_")]
+        for entry in folders:
+            freed += sum(f.size or 0 for f in result.filesystem.get_file_info(pafs.FileSelector(entry.path, recursive=True)))
+            result.filesystem.delete_dir(entry.path)
+        trials += bool(folders)
+    return trials, freed
 
 
 def print_summary(rows, payload, location: str, settings, searched: list[str], top: int = 5) -> None:

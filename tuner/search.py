@@ -17,6 +17,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import data
 from .budget import SearchBudget, ran_whole_budget, search_budget
 from .cache import cache_root
@@ -24,6 +26,7 @@ from .checkpoint import save_json
 from .config import field_names, is_better, make_config
 from .errors import UserError, first_line
 from .model import build_model, imagenet_cache_path
+from .precision import ComputeChoice, choose_compute
 from .run_files import RUN_RECORD, STUDY_FILE, damaged_record, parse_run_record
 from .settings import RunSettings
 from .space import SearchSpace, check_space, load_space
@@ -105,6 +108,21 @@ def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
     budget = search_budget(len(splits.train), base.batch_size, max_steps=settings.max_steps,
                            max_epochs=settings.max_epochs, grace_period=settings.grace_period)
     return space, settings, splits, weights_choice, budget
+
+
+def local_compute_choice(settings: RunSettings, base, num_classes: int) -> ComputeChoice | None:
+    """What CPU trials of a local search compute in, measured here once before Ray starts with a trial's
+    threads; trials of this configuration on this node then read the answer from the node cache. None
+    where the trials' own nodes decide (GPU trials, a cluster): each trial records its choice."""
+    if settings.gpus_per_trial > 0 or settings.address:
+        return None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(settings.cpus_per_trial)))  # as train_trial does
+    try:
+        model, _ = build_model(base, num_classes)
+        return choose_compute(base, model, torch.device("cpu"), num_classes=num_classes)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def load_run_splits(settings: RunSettings, fixed: dict[str, Any]) -> data.ImageSplits:
@@ -295,6 +313,8 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
     if exists(run):
         raise UserError(f"run folder {run!r} already exists; continue it with `tuner resume {run}` "
                         f"or pick another --name")
+    base = make_config(space.fixed)
+    compute = local_compute_choice(settings, base, len(splits.classes))
     _init_ray(settings.address)
     _check_resources(settings)
     # ASHA's rungs are budget steps (budget.py): equal budgets, whatever a trial's batch size or epochs.
@@ -303,13 +323,18 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
                  if settings.early_stopping else FIFOScheduler())
     with staged(run) as folder:
         save_json({"space": str(space.path), "settings": asdict(settings), "fixed": space.fixed,
-                   "searched": space.searched, "weights_choice": weights_choice, "budget": budget.to_dict()},
-                  folder / RUN_RECORD)
+                   "searched": space.searched, "weights_choice": weights_choice, "budget": budget.to_dict(),
+                   "compute": compute.to_dict() if compute else None}, folder / RUN_RECORD)
     searcher = _searcher(space, settings, run, name, budget)
     printer = ProgressPrinter(settings.metric, settings.mode, budget.steps, settings.trials)
     stopping = (f"ASHA reduction {settings.reduction_factor}" if settings.early_stopping else "no early stopping")
     print(f"search {name}: {settings.trials} trials of {space.name} on {settings.data} ({len(splits.train)} "
           f"training images), {settings.max_concurrent} at a time, {stopping}\n{budget.describe()}")
+    if compute:
+        print(f"compute: {compute.describe()}, for unfreeze_depth {base.unfreeze_depth}; trials of another "
+              f"depth measure theirs once per node (the `compute` column)")
+    else:
+        print("compute: chosen by each trial on its node (the `compute` column of epochs.parquet)")
     tuner = tune.Tuner(
         _trainable(settings, splits, budget),
         tune_config=tune.TuneConfig(

@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 from .config import METRICS
 from .errors import UserError
 
+KEEP_CHECKPOINTS = ("best", "all")
+
 
 @dataclass
 class RunSettings:
@@ -30,6 +32,9 @@ class RunSettings:
     stopped_as_complete: bool = False
     reuse_workers: bool = True  # run trial after trial in one Ray worker process (fast turnover)
     max_failures: int = 2  # a crashed trial restarts from its last checkpoint this many times
+    # best: when the search ends, delete finished trials' checkpoints but the best trial's (best/ holds
+    # the model); all: keep every trial's (Ray keeps each trial's best and latest).
+    keep_checkpoints: str = "best"
     demo_data: bool = False
     storage: str = "runs"
     name: str | None = None
@@ -69,5 +74,8 @@ class RunSettings:
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
             raise UserError(f"cpus_per_trial must be > 0 and gpus_per_trial >= 0, but got "
                             f"{self.cpus_per_trial} and {self.gpus_per_trial}")
+        if self.keep_checkpoints not in KEEP_CHECKPOINTS:
+            raise UserError(f"keep_checkpoints {self.keep_checkpoints!r} is not allowed; choose one of "
+                            f"{', '.join(KEEP_CHECKPOINTS)}")
         if self.max_failures < 0:
             raise UserError(f"max_failures must be >= 0, but got {self.max_failures}")
