@@ -6,9 +6,11 @@ a new head for the demo data's 8 classes, every stage trained (unfreeze_depth=5)
   1. training images/s, data loading included:
        seed loop   the tutorial's loop from bench/trainer.py (transforms v1 PIL augmentation, fp32,
                    NCHW, Adam, loss.item() every batch), made to train every stage like ours; at the
-                   tutorial's batch 32 and at ours' batch (the fair comparison)
-       ours        tuner.engine.Trainer.train_one_epoch, bf16 autocast, channels_last (the Trainer's
-                   own), eager and with torch.compile; the compile warm-up is reported on its own
+                   tutorial's batch 32 and at ours' batch (the fair comparison), and at batch 32
+                   through torch.compile (CUDA only)
+       ours        tuner.engine.Trainer.train_one_epoch, bf16 autocast, the layout memory_format=auto
+                   picks (channels_last on CUDA), eager and with torch.compile (CUDA only); the compile
+                   warm-up is reported on its own
   2. forward-only images/s (Trainer.evaluate: eval mode, no grad, bf16, channels_last) on device batches
   3. whether the loader keeps up: loader-only images/s (iterating the Trainer's train_loader with its
      default workers, no model) against model-only images/s (train_one_epoch over a real batch copied
