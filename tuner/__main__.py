@@ -111,7 +111,7 @@ def _add_search_parser(commands) -> None:
         "search", help="search hyperparameters with Ray Tune, Optuna and ASHA", formatter_class=argparse.HelpFormatter,
         description="Run a search. Each run setting comes from its flag, else the space file's SETTINGS, else the "
                     "default shown.")
-    search.add_argument("--space", required=True, help="search-space file, or a name in search_spaces/ (finetune, "
+    search.add_argument("--space", required=True, help="search-space file, or the name of a shipped space (finetune, "
                                                        "feature_extract, gradual, demo)")
     from .settings import RunSettings
 

@@ -9,6 +9,7 @@ A space file is Python and runs with the user's rights: load only files you trus
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import sys
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ import optuna
 from .config import field_names, make_config, unknown_key_message
 from .errors import UserError
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# The shipped spaces are package data (tuner/spaces/), so a wheel install has them too.
+SPACES_DIR = Path(str(importlib.resources.files("tuner") / "spaces"))
 # Run settings a space file may default in SETTINGS; each is also a `tuner search` flag.
 SETTING_NAMES = (
     "data", "metric", "trials", "max_steps", "max_epochs", "grace_period", "reduction_factor", "max_concurrent",
@@ -75,7 +77,7 @@ class DefineByRun:
 
 
 def resolve_path(name_or_path: str) -> Path:
-    """`finetune` -> search_spaces/finetune.py; anything with a slash or .py is a path."""
+    """`finetune` -> the shipped tuner/spaces/finetune.py; anything with a slash or .py is a path."""
     if "/" in name_or_path or name_or_path.endswith(".py"):
         return Path(name_or_path).expanduser()
     return SPACES_DIR / f"{name_or_path}.py"
@@ -85,15 +87,15 @@ def load_space(name_or_path: str) -> SearchSpace:
     """Import a space file and check its names; every problem is a one-line UserError."""
     path = resolve_path(name_or_path)
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.py"))) if SPACES_DIR.is_dir() else ""
+        known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.py") if p.stem != "__init__"))
         problem = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise UserError(f"space file {str(path)!r} {problem}; pass a path or one of: {known}")
     if path.suffix != ".py":  # importlib has no loader for other suffixes
         raise UserError(f"space file {str(path)!r} is not a .py file; a search space is a Python module "
-                        f"with def space(trial) (see search_spaces/)")
+                        f"with def space(trial) (see the shipped spaces in tuner/spaces/)")
     module = _import(path)
     if not callable(getattr(module, "space", None)):
-        raise UserError(f"space file {str(path)!r} defines no function space(trial); add one (see search_spaces/)")
+        raise UserError(f"space file {str(path)!r} defines no function space(trial); add one (see the shipped spaces in tuner/spaces/)")
     return SearchSpace(name=path.stem, path=path.resolve(), settings=_checked_settings(module, path),
                        start=_checked_start(module, path))
 
