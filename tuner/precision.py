@@ -34,6 +34,7 @@ from . import cache
 from .checkpoint import save_json
 from .config import TrainConfig
 from .errors import UserError
+from .model import set_trained_depth
 
 PROBE_FORMAT = "tuner.compute-probe/1"  # bump when what the probe measures changes
 PROBE_STEPS = 3  # timed steps per candidate, after one warm-up step; the median counts
@@ -184,8 +185,6 @@ def measure_candidates(config: TrainConfig, model: nn.Module, device: torch.devi
 
     The run's own model and random state are untouched: the steps train a copy, under a forked RNG.
     """
-    from .model import set_trained_depth
-
     depth = _probe_depth(config)
     seconds = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -221,8 +220,7 @@ def _step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: t
                 model.features(images)
         return forward
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  fused=images.device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)  # as the run's
 
     def train() -> None:
         with autocast:
