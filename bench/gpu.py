@@ -8,7 +8,7 @@ a new head for the demo data's 8 classes, every stage trained (unfreeze_depth=5)
                    NCHW, Adam, loss.item() every batch), made to train every stage like ours; at the
                    tutorial's batch 32 and at ours' batch (the fair comparison), and at batch 32
                    through torch.compile (CUDA only)
-       ours        tuner.engine.Trainer.train_one_epoch, bf16 autocast, the layout memory_format=auto
+       ours        tuner.train.engine.Trainer.train_one_epoch, bf16 autocast, the layout memory_format=auto
                    picks (channels_last on CUDA), eager and with torch.compile (CUDA only); the compile
                    warm-up is reported on its own
   2. forward-only images/s (Trainer.evaluate: eval mode, no grad, bf16, channels_last) on device batches
@@ -60,11 +60,11 @@ from trainer import (
     seed_train_transform,
 )
 
-from tuner import data
-from tuner.config import SEED_RECIPE, field_names, make_config
-from tuner.demo_data import CLASSES, write_demo_data
-from tuner.engine import Trainer, default_workers, resolve_device
-from tuner.precision import describe_machine
+from tuner.train import data
+from tuner.train.config import SEED_RECIPE, field_names, make_config
+from tuner.train.demo_data import CLASSES, write_demo_data
+from tuner.train.engine import Trainer, default_workers, resolve_device
+from tuner.train.precision import describe_machine
 
 GOAL_RATIO, GOAL_RATE = 3.0, 3000.0
 GOAL_LINE = "goal on one H100: >= 3x the seed loop and >= 3000 images/s full fine-tuning"

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tuner.demo_data import write_demo_data
-from tuner.precision import describe_machine
+from tuner.train.demo_data import write_demo_data
+from tuner.train.precision import describe_machine
 
 # Per mode: the space and the flags both runs share, then (label, extra flags) of the two variants.
 MODES = {

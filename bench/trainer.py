@@ -8,10 +8,10 @@ layer3 5e-5, batch 32, the same training images, the same `--device` and `--work
         torch.optim.Adam, loss.item() every batch. Like the tutorial it freezes only layer1 and
         layer2, so the stem (conv1, bn1) still gets gradients that no optimizer group uses
         (`--freeze-seed-stem` freezes it too, to see how much of the ratio that is).
-  ours  tuner.engine.Trainer.train_one_epoch from make_config({**SEED_RECIPE, weights none}):
+  ours  tuner.train.engine.Trainer.train_one_epoch from make_config({**SEED_RECIPE, weights none}):
         its own loader (the node's decoded-image cache, crop and flip per image), the rest of
         aug_strength 0.5 on whole batches (augment.BatchAugment), and the precision and memory layout
-        that precision=auto and memory_format=auto choose on this machine (measured: tuner/precision.py),
+        that precision=auto and memory_format=auto choose on this machine (measured: tuner/train/precision.py),
         printed beside every ratio with the CPU model and its bf16 units.
 
 Images/s counts everything one training batch costs: decoding and augmenting the images, the
@@ -70,11 +70,11 @@ try:
 except ImportError:  # not installed: run from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuner import data
-from tuner.config import SEED_RECIPE, make_config
-from tuner.demo_data import write_demo_data
-from tuner.engine import Trainer, resolve_device
-from tuner.precision import cpu_has_native_bf16, cpu_model, describe_machine
+from tuner.train import data
+from tuner.train.config import SEED_RECIPE, make_config
+from tuner.train.demo_data import write_demo_data
+from tuner.train.engine import Trainer, resolve_device
+from tuner.train.precision import cpu_has_native_bf16, cpu_model, describe_machine
 from tuner.errors import UserError
 
 BATCH_SIZE = 32  # the seed's batch size

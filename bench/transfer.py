@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from trainer import seed_eval_transform, seed_loader, seed_train, seed_train_transform, seed_val_acc
 
-from tuner import data
-from tuner.demo_data import CLASSES, TRANSFER_CLASSES, write_demo_data
-from tuner.precision import describe_machine
+from tuner.train import data
+from tuner.train.demo_data import CLASSES, TRANSFER_CLASSES, write_demo_data
+from tuner.train.precision import describe_machine
 
 IMAGE_SIZE = 32  # small enough for a 12-trial ResNet-50 search in minutes on a CPU
 # From scratch at 32 px a ResNet-50 learns slowly: AdamW 2e-3 for 15 epochs reached 0.40 val_acc.

@@ -1,1 +1,1 @@
-../tuner/spaces/demo.py
+../tuner/search/spaces/demo.py

@@ -1,1 +1,1 @@
-../tuner/spaces/feature_extract.py
+../tuner/search/spaces/feature_extract.py

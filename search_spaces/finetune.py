@@ -1,1 +1,1 @@
-../tuner/spaces/finetune.py
+../tuner/search/spaces/finetune.py

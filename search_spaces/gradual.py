@@ -1,1 +1,1 @@
-../tuner/spaces/gradual.py
+../tuner/search/spaces/gradual.py

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from tuner.demo_data import write_demo_data
+from tuner.train.demo_data import write_demo_data
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from tuner import augment
-from tuner.augment import RANDAUGMENT_OPS, BatchAugment, normalize
+from tuner.train import augment
+from tuner.train.augment import RANDAUGMENT_OPS, BatchAugment, normalize
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

@@ -1,11 +1,11 @@
-"""The budget policy (tuner/budget.py): sizes by the dataset, trial rounds, and ASHA's rungs in budget steps."""
+"""The budget policy (tuner/train/budget.py): sizes by the dataset, trial rounds, and ASHA's rungs in budget steps."""
 
 import pytest
 from ray.tune.schedulers import ASHAScheduler
 
-from tuner.budget import (HEAD_ONLY_STEPS, MAX_PASSES, ROUNDS, SearchBudget, default_steps, ran_whole_budget,
+from tuner.train.budget import (HEAD_ONLY_STEPS, MAX_PASSES, ROUNDS, SearchBudget, default_steps, ran_whole_budget,
                           search_budget, trial_plan)
-from tuner.report import _rungs
+from tuner.report.page import _rungs
 
 
 @pytest.mark.parametrize(("images", "batch", "steps"), [

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tuner import cache, data
+from tuner.train import cache, data
 from tuner.__main__ import main
-from tuner.config import make_config
-from tuner.engine import Trainer
+from tuner.train.config import make_config
+from tuner.train.engine import Trainer
 
 
 def _photos(folder, count=5):

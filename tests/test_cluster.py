@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from ray.cluster_utils import Cluster
 
-from tuner.demo_data import write_demo_data
+from tuner.train.demo_data import write_demo_data
 
 pytestmark = pytest.mark.slow
 

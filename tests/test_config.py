@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tuner.config import SEED_RECIPE, TrainConfig, load_config_file, make_config, parse_assignments
+from tuner.train.config import SEED_RECIPE, TrainConfig, load_config_file, make_config, parse_assignments
 from tuner.errors import UserError
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tuner.data import (
+from tuner.train.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     check_data,

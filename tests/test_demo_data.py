@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tuner.demo_data import CLASSES, SIZE_RANGE, TRANSFER_CLASSES, write_demo_data
+from tuner.train.demo_data import CLASSES, SIZE_RANGE, TRANSFER_CLASSES, write_demo_data
 from tuner.errors import DataError, UserError
 
 SMALL = dict(train_per_class=3, val_per_class=2, test_per_class=1)

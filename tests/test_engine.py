@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from tuner import data
-from tuner.checkpoint import load_checkpoint
-from tuner.config import make_config
-from tuner.engine import Diverged, Trainer, fit, lr_factor
+from tuner.train import data
+from tuner.train.checkpoint import load_checkpoint
+from tuner.train.config import make_config
+from tuner.train.engine import Diverged, Trainer, fit, lr_factor
 
 
 def tiny_config(**values):

@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from tuner import data
-from tuner.config import make_config
-from tuner.demo_data import write_demo_data
-from tuner.engine import Trainer, fit
+from tuner.train import data
+from tuner.train.config import make_config
+from tuner.train.demo_data import write_demo_data
+from tuner.train.engine import Trainer, fit
 from tuner.errors import UserError
-from tuner.export import export_model, read_metadata
-from tuner.predict import Predictor
+from tuner.serve.export import export_model, read_metadata
+from tuner.serve.predict import Predictor
 
 # A serving script that knows only torch/onnxruntime, PIL and torchvision: it takes the preprocessing
 # from the file's own metadata and prints one row of probabilities per image (argv: fmt, model, images).
@@ -130,7 +130,7 @@ def test_read_metadata_refuses_files_that_are_not_exports(run, tmp_path):
 def test_onnx_without_onnxscript_says_what_to_install(tmp_path):
     # A None entry in sys.modules makes `import onnxscript` fail as if it were not installed.
     code = ("import sys; sys.modules['onnxscript'] = None\n"
-            "from tuner.errors import UserError\nfrom tuner.export import export_model\n"
+            "from tuner.errors import UserError\nfrom tuner.serve.export import export_model\n"
             f"try: export_model('missing', 'onnx', {str(tmp_path / 'm.onnx')!r})\n"
             "except UserError as err: print(err)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

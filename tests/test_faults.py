@@ -1,6 +1,6 @@
 """Trial-level faults injected into real runs: crashed and killed trials, damaged checkpoints, divergence,
 out of memory, storage that cannot be written. Real local Ray, no mocks: the faults come from outside
-the trial, through the TUNER_FAULT test hook (tuner/faults.py), a real NaN loss, or the file system."""
+the trial, through the TUNER_FAULT test hook (tuner/testing/faults.py), a real NaN loss, or the file system."""
 
 import json
 import os
@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tuner import data
-from tuner.checkpoint import CHECKSUM_SUFFIX, CorruptCheckpoint, load_torch, save_torch
-from tuner.demo_data import write_demo_data
-from tuner.model import CHECKPOINT_FORMAT
-from tuner.settings import RunSettings
-from tuner.faults import parse_faults
-from tuner.trainable import TRAINER_STATE, resume_state
+from tuner.train import data
+from tuner.train.checkpoint import CHECKSUM_SUFFIX, CorruptCheckpoint, load_torch, save_torch
+from tuner.train.demo_data import write_demo_data
+from tuner.train.model import CHECKPOINT_FORMAT
+from tuner.search.settings import RunSettings
+from tuner.testing.faults import parse_faults
+from tuner.search.trainable import TRAINER_STATE, resume_state
 
 # One trial per fault, fixed by START in this order; each fault picks its trial by lr_head.
 SPACE = """
@@ -172,7 +172,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_when_the_trial_resumes(faulted):
 def test_export_skips_a_damaged_best_checkpoint_for_the_next_best(faulted, root, tmp_path, capsys):
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    from tuner.results import export_best, ranked_checkpoints
+    from tuner.search.results import export_best, ranked_checkpoints
 
     run, _, _ = faulted
     copy = tmp_path / "faults"
@@ -238,7 +238,7 @@ def test_a_flipped_byte_is_caught_by_the_checksum_not_loaded(tmp_path):
 
 
 def test_the_fault_hook_is_inert_without_the_variable_and_strict_with_it(monkeypatch):
-    from tuner.faults import fault_hook
+    from tuner.testing.faults import fault_hook
 
     monkeypatch.delenv("TUNER_FAULT", raising=False)
     assert fault_hook({"lr_head": 0.001}) is None

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torchvision
 
-from tuner import data
-from tuner.checkpoint import load_torch, save_torch
-from tuner.config import make_config
-from tuner.engine import Trainer, fit
+from tuner.train import data
+from tuner.train.checkpoint import load_torch, save_torch
+from tuner.train.config import make_config
+from tuner.train.engine import Trainer, fit
 from tuner.errors import UserError
-from tuner.model import full_model_state, trained_keys
+from tuner.train.model import full_model_state, trained_keys
 
 
 def lean_config(**values):

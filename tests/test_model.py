@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from tuner.config import STAGES, make_config
+from tuner.train.config import STAGES, make_config
 from tuner.errors import UserError
-from tuner.model import (
+from tuner.train.model import (
     CHECKPOINT_FORMAT,
     build_model,
     imagenet_cache_path,

@@ -1,17 +1,17 @@
-"""Precision and memory layout chosen by measuring this node (tuner/precision.py)."""
+"""Precision and memory layout chosen by measuring this node (tuner/train/precision.py)."""
 
 import json
 
 import pytest
 import torch
 
-from tuner import data
-from tuner.cache import cache_root
-from tuner.config import make_config
-from tuner.engine import Trainer
+from tuner.train import data
+from tuner.train.cache import cache_root
+from tuner.train.config import make_config
+from tuner.train.engine import Trainer
 from tuner.errors import UserError
-from tuner.model import build_model
-from tuner.precision import choose_compute, cpu_bf16_units, describe_machine, probe_key
+from tuner.train.model import build_model
+from tuner.train.precision import choose_compute, cpu_bf16_units, describe_machine, probe_key
 
 CPU = torch.device("cpu")
 

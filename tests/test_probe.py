@@ -5,10 +5,10 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from tuner import data
-from tuner.config import make_config
-from tuner.engine import Trainer
-from tuner.probe import L2_GRID, fit_probe
+from tuner.train import data
+from tuner.train.config import make_config
+from tuner.train.engine import Trainer
+from tuner.train.probe import L2_GRID, fit_probe
 
 
 def probe_config(**values):

@@ -3,7 +3,7 @@
 import io
 from types import SimpleNamespace
 
-from tuner.progress import ProgressPrinter
+from tuner.search.progress import ProgressPrinter
 
 
 def trial(trial_id, status="RUNNING", spent=0):
@@ -72,12 +72,12 @@ def test_a_warning_in_a_result_gets_its_own_line():
 # What Ray writes to a trial's error.txt (Trial.handle_error): a header per failure, then the trace.
 ERROR_TXT = """Failure # 1 (occurred at 2025-01-01_10-00-00)
 ray::ImplicitFunc.train() (pid=123, ip=127.0.0.1, actor_id=abc, repr=train_trial)
-  File "/x/tuner/trainable.py", line 80, in train_trial
+  File "/x/tuner/search/trainable.py", line 80, in train_trial
     metrics = trainer.run_epoch()
 RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 1
 Failure # 2 (occurred at 2025-01-01_10-01-00)
 ray::ImplicitFunc.train() (pid=124, ip=127.0.0.1, actor_id=abd, repr=train_trial)
-  File "/x/tuner/trainable.py", line 80, in train_trial
+  File "/x/tuner/search/trainable.py", line 80, in train_trial
     metrics = trainer.run_epoch()
 RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 2
 

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tuner import data
+from tuner.train import data
 from tuner.errors import UserError
-from tuner.report import (
+from tuner.report.page import (
     best_model_analysis,
     open_run,
     param_importances,
@@ -435,7 +435,7 @@ def test_a_running_search_knows_diverged_trials_errors_and_warnings_from_ray_fil
 
 
 def test_figures_leave_out_nan_points(tmp_path):
-    from tuner import figures
+    from tuner.report import figures
 
     curves = {"a": ("completed", [1, 2, 3], [0.4, 0.5, 0.6]), "c": ("diverged", [1, 2], [0.3, NAN]),
               "x": ("diverged", [1], [NAN])}  # diverged in its first epoch: nothing to draw

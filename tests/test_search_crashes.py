@@ -1,6 +1,6 @@
 """The whole search killed with SIGKILL at different points, then `tuner resume`: nothing lost or re-run.
 
-The crash comes through the TUNER_FAULT hook (tuner/faults.py) as `crash`: SIGKILL to the process
+The crash comes through the TUNER_FAULT hook (tuner/testing/faults.py) as `crash`: SIGKILL to the process
 group of the driver, its Ray and its trials, as a machine that loses power, at a point named exactly.
 """
 
@@ -13,7 +13,7 @@ import textwrap
 import pyarrow.parquet as pq
 import pytest
 
-from tuner.demo_data import write_demo_data
+from tuner.train.demo_data import write_demo_data
 
 pytestmark = pytest.mark.slow
 

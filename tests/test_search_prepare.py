@@ -1,4 +1,4 @@
-"""What a search checks and settles before Ray starts (tuner.search.prepare): no Ray needed."""
+"""What a search checks and settles before Ray starts (tuner.search.driver.prepare): no Ray needed."""
 
 import textwrap
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from tuner.search import prepare
+from tuner.search.driver import prepare
 
 SPACE = """
 SETTINGS = {"model": "resnet18", "image_size": 32, "batch_size": 32}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuner.checkpoint import load_checkpoint
+from tuner.train.checkpoint import load_checkpoint
 from tuner.errors import UserError
-from tuner.trainable import TRAINER_STATE, load_trainer_state
+from tuner.search.trainable import TRAINER_STATE, load_trainer_state
 
 
 class _Bomb:
@@ -27,7 +27,7 @@ class _Bomb:
 
 def _write_bomb(path: Path, marker: Path) -> None:
     # A real torch checkpoint (zip + pickle) whose payload, a plain pickle load would execute.
-    torch.save({"format": "tuner.checkpoint/1", "model": _Bomb(marker)}, path)
+    torch.save({"format": "tuner.train.checkpoint/1", "model": _Bomb(marker)}, path)
     with open(path, "rb") as handle:  # sanity check: the bomb is armed for a load without weights_only
         assert b"system" in handle.read()
 
@@ -63,7 +63,7 @@ def test_the_cli_refuses_a_pickle_bomb_model_with_exit_code_2(tmp_path, demo_roo
 
 _LISTENERS = textwrap.dedent("""
     import json, os
-    from tuner.search import _init_ray
+    from tuner.search.driver import _init_ray
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
     _init_ray(None)

@@ -3,7 +3,7 @@
 import pytest
 
 from tuner.errors import UserError
-from tuner.settings import RunSettings
+from tuner.search.settings import RunSettings
 
 
 @pytest.mark.parametrize("values, fragment", [

@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from tuner.errors import UserError
-from tuner.space import SPACES_DIR, check_space, load_space, resolve_path
+from tuner.search.space import SPACES_DIR, check_space, load_space, resolve_path
 
 
 def write_space(tmp_path, body, name="space.py"):
@@ -79,7 +79,7 @@ def test_missing_space_file_lists_the_shipped_ones(tmp_path):
 
 
 def test_weights_auto_is_refused_on_the_users_own_data(tmp_path):
-    from tuner.search import prepare
+    from tuner.search.driver import prepare
 
     with pytest.raises(UserError, match="weights=auto is only for the built-in demo data"):
         prepare("demo", {"data": str(tmp_path)}, {})

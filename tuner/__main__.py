@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-CACHE_KINDS = ("data", "images", "features", "compute")  # tuner.cache.KINDS, without importing torch for --help
+CACHE_KINDS = ("data", "images", "features", "compute")  # tuner.train.cache.KINDS, without importing torch for --help
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,7 +113,7 @@ def _add_search_parser(commands) -> None:
                     "default shown.")
     search.add_argument("--space", required=True, help="search-space file, or the name of a shipped space (finetune, "
                                                        "feature_extract, gradual, demo)")
-    from .settings import RunSettings
+    from .search.settings import RunSettings
 
     defaults = RunSettings()
     for flag, kind, text in _SEARCH_FLAGS:
@@ -145,8 +145,8 @@ def _add_runtime_options(parser: argparse.ArgumentParser, device: bool = True) -
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import data
-    from .engine import Diverged, Trainer, fit
+    from .train import data
+    from .train.engine import Diverged, Trainer, fit
 
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.workers is not None and args.workers < 0:
@@ -173,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _resumable_checkpoint(out: Path) -> dict:
-    from .checkpoint import load_checkpoint
+    from .train.checkpoint import load_checkpoint
 
     checkpoint = out / "checkpoint.pt"
     if not checkpoint.is_file():
@@ -183,7 +183,7 @@ def _resumable_checkpoint(out: Path) -> dict:
 
 def _train_config(args: argparse.Namespace, saved: dict | None):
     """The run's config: --config then --set; on --resume the saved one, where only its length may change."""
-    from .config import load_config_file, make_config, parse_assignments
+    from .train.config import load_config_file, make_config, parse_assignments
 
     values = load_config_file(args.config) if args.config else {}
     values.update(parse_assignments(args.set))
@@ -229,8 +229,8 @@ class _EpochTable:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .config import parse_assignments
-    from .search import run_search
+    from .train.config import parse_assignments
+    from .search.driver import run_search
 
     flags = {_setting_name(flag): getattr(args, _setting_name(flag)) for flag, *_ in _SEARCH_FLAGS}
     flags.update(workers=args.workers, skip_bad_images=args.skip_bad_images or None,
@@ -241,14 +241,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .search import resume_search
+    from .search.driver import resume_search
 
     resume_search(args.run)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import Predictor
+    from .serve.predict import Predictor
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be >= 1, but got {args.top_k}")
@@ -264,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import summary_lines, write_report
+    from .report.page import summary_lines, write_report
 
     index = write_report(args.run)
     print("\n".join(summary_lines(args.run, index)))
@@ -272,7 +272,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model
+    from .serve.export import export_model
 
     metadata = export_model(args.run, args.format, args.out)
     print(f"exported {args.format}: {args.out}")
@@ -283,7 +283,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from .data import check_data
+    from .train.data import check_data
 
     lines, usable = check_data(args.data, val_fraction=args.val_fraction, seed=args.seed)
     print("\n".join(lines))
@@ -291,7 +291,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from .demo_data import write_demo_data
+    from .train.demo_data import write_demo_data
 
     summary = write_demo_data(args.out, seed=args.seed)
     print(f"demo data in {args.out}: {len(summary['classes'])} classes ({', '.join(summary['classes'])})")
@@ -299,7 +299,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .cache import KINDS, cache_root, cache_usage, clear_cache
+    from .train.cache import KINDS, cache_root, cache_usage, clear_cache
 
     kinds = tuple(args.kind or KINDS)
     if args.action == "clear":

@@ -7,7 +7,7 @@ import time
 
 from ray import tune
 
-from .config import is_better
+from ..train.config import is_better
 
 _LONGEST = 300  # characters of an error message shown on a progress line
 

@@ -3,7 +3,7 @@
 No budget in SETTINGS: a trial's steps are sized by the training set (see README, Budgets).
 """
 
-from tuner.config import SEED_RECIPE
+from tuner.train.config import SEED_RECIPE
 
 STAGES = ("layer4", "layer3", "layer2", "layer1")  # from the top down, as unfreeze_depth counts them
 

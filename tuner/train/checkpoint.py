@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError, first_line
+from ..errors import UserError, first_line
 from .model import CHECKPOINT_FORMAT, file_sha256
 
 # What a checkpoint says about its model beyond the weights; part of every checkpoint we write.

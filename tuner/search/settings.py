@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .config import METRICS
-from .errors import UserError
+from ..train.config import METRICS
+from ..errors import UserError
 
 KEEP_CHECKPOINTS = ("best", "all")
 

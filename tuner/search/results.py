@@ -12,14 +12,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from . import data
-from .budget import SearchBudget, ran_whole_budget
-from .checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
-from .config import METRICS, field_names, is_better, make_config
-from .engine import Diverged, Trainer
-from .errors import first_line
-from .faults import fault_point
-from .model import full_model_state
+from ..train import data
+from ..train.budget import SearchBudget, ran_whole_budget
+from ..train.checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
+from ..train.config import METRICS, field_names, is_better, make_config
+from ..train.engine import Diverged, Trainer
+from ..errors import first_line
+from ..testing.faults import fault_point
+from ..train.model import full_model_state
 from .run_files import RAY_COLUMNS, STATUSES
 from .trainable import load_trainer_state
 

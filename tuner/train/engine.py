@@ -23,7 +23,7 @@ from . import cache, data
 from .augment import BatchAugment, normalize
 from .checkpoint import model_payload, save_text, save_torch, write_best
 from .config import METRICS, TrainConfig, is_better
-from .errors import UserError
+from ..errors import UserError
 from .model import (
     CHECKPOINT_FORMAT,
     apply_trained_state,
@@ -136,7 +136,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.first_step_at: float | None = None  # wall-clock time the first training step began
         self._banks: dict[str, cache.FeatureBank] | None = None
-        # Called with (trainer, step) before every training step. A test hook: tuner/faults.py
+        # Called with (trainer, step) before every training step. A test hook: tuner/testing/faults.py
         # injects faults through it when TUNER_FAULT is set; None (nothing called) otherwise.
         self.step_hook: Callable[[Trainer, int], None] | None = None
 

@@ -28,12 +28,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import figures
-from .budget import SearchBudget, ran_whole_budget
-from .config import METRICS, field_names, is_better
-from .errors import UserError, first_line
-from .run_files import RAY_COLUMNS, RUN_RECORD, STUDY_FILE, damaged_record, not_a_run, parse_run_record
-from .run_files import STATUSES as FINISHED_STATUSES
-from .storage import filesystem, is_uri
+from ..train.budget import SearchBudget, ran_whole_budget
+from ..train.config import METRICS, field_names, is_better
+from ..errors import UserError, first_line
+from ..search.run_files import RAY_COLUMNS, RUN_RECORD, STUDY_FILE, damaged_record, not_a_run, parse_run_record
+from ..search.run_files import STATUSES as FINISHED_STATUSES
+from ..search.storage import filesystem, is_uri
 
 STATUSES = (*FINISHED_STATUSES, "running")  # a search still going has trials without an outcome yet
 
@@ -387,10 +387,10 @@ def best_model_analysis(run: RunData, *, mistakes: int = 12, device: str = "cpu"
     import torch
     from torch.utils.data import DataLoader
 
-    from . import data
-    from .precision import DTYPES
-    from .predict import Predictor
-    from .storage import local_data
+    from ..train import data
+    from ..train.precision import DTYPES
+    from ..serve.predict import Predictor
+    from ..search.storage import local_data
 
     model_file = run.fetch("best/model.pt")
     if model_file is None:

@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .cache import DecodedImages
-from .errors import DataError, UserError, first_line
+from ..errors import DataError, UserError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics the pretrained ResNets were trained with

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # Backbone stages from the input upwards; `unfreeze_depth` counts them from the top (layer4).

@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from . import data
-from .checkpoint import load_checkpoint
-from .config import make_config
-from .engine import resolve_device
-from .errors import UserError
-from .model import build_model
+from ..train import data
+from ..train.checkpoint import load_checkpoint
+from ..train.config import make_config
+from ..train.engine import resolve_device
+from ..errors import UserError
+from ..train.model import build_model
 
 
 class Predictor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 RUN_RECORD = "tuner.json"  # what resume needs: the space file's path, the run settings, the fixed values
 STUDY_FILE = "optuna.db"  # the search's Optuna study (SQLite): optuna-dashboard and optuna.load_study read it

@@ -18,11 +18,11 @@ from typing import Any, Callable
 
 import optuna
 
-from .config import field_names, make_config, unknown_key_message
-from .errors import UserError
+from ..train.config import field_names, make_config, unknown_key_message
+from ..errors import UserError
 
-# The shipped spaces are package data (tuner/spaces/), so a wheel install has them too.
-SPACES_DIR = Path(str(importlib.resources.files("tuner") / "spaces"))
+# The shipped spaces are package data (tuner/search/spaces/), so a wheel install has them too.
+SPACES_DIR = Path(str(importlib.resources.files("tuner.search") / "spaces"))
 # Run settings a space file may default in SETTINGS; each is also a `tuner search` flag.
 SETTING_NAMES = (
     "data", "metric", "trials", "max_steps", "max_epochs", "grace_period", "reduction_factor", "max_concurrent",
@@ -77,7 +77,7 @@ class DefineByRun:
 
 
 def resolve_path(name_or_path: str) -> Path:
-    """`finetune` -> the shipped tuner/spaces/finetune.py; anything with a slash or .py is a path."""
+    """`finetune` -> the shipped tuner/search/spaces/finetune.py; anything with a slash or .py is a path."""
     if "/" in name_or_path or name_or_path.endswith(".py"):
         return Path(name_or_path).expanduser()
     return SPACES_DIR / f"{name_or_path}.py"
@@ -92,10 +92,10 @@ def load_space(name_or_path: str) -> SearchSpace:
         raise UserError(f"space file {str(path)!r} {problem}; pass a path or one of: {known}")
     if path.suffix != ".py":  # importlib has no loader for other suffixes
         raise UserError(f"space file {str(path)!r} is not a .py file; a search space is a Python module "
-                        f"with def space(trial) (see the shipped spaces in tuner/spaces/)")
+                        f"with def space(trial) (see the shipped spaces in tuner/search/spaces/)")
     module = _import(path)
     if not callable(getattr(module, "space", None)):
-        raise UserError(f"space file {str(path)!r} defines no function space(trial); add one (see the shipped spaces in tuner/spaces/)")
+        raise UserError(f"space file {str(path)!r} defines no function space(trial); add one (see the shipped spaces in tuner/search/spaces/)")
     return SearchSpace(name=path.stem, path=path.resolve(), settings=_checked_settings(module, path),
                        start=_checked_start(module, path))
 

@@ -20,7 +20,7 @@ from torchvision.models import get_model_weights
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .config import MODELS, STAGES, TrainConfig
-from .errors import UserError, first_line
+from ..errors import UserError, first_line
 
 _ARCHITECTURES = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
@@ -31,7 +31,7 @@ _ARCHITECTURES = {
 }
 _STAGE_PREFIXES = {"stem": ("conv1.", "bn1."), **{f"layer{i}": (f"layer{i}.",) for i in range(1, 5)}}
 # Our checkpoints mark themselves so `weights=PATH` and `predict` know what they hold.
-CHECKPOINT_FORMAT = "tuner.checkpoint/1"
+CHECKPOINT_FORMAT = "tuner.train.checkpoint/1"
 
 
 class DropoutLinear(nn.Linear):

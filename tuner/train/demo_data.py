@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import DataError, UserError
+from ..errors import DataError, UserError
 
 CLASSES = ("circle", "ring", "square", "diamond", "triangle", "cross", "stripes", "checker")
 # More classes of the same kind, never in the demo data: transfer targets for bench/transfer.py, which

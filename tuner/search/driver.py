@@ -19,14 +19,14 @@ from typing import Any
 
 import torch
 
-from . import data
-from .budget import SearchBudget, ran_whole_budget, search_budget
-from .cache import cache_root
-from .checkpoint import save_json
-from .config import field_names, is_better, make_config
-from .errors import UserError, first_line
-from .model import build_model, imagenet_cache_path
-from .precision import ComputeChoice, choose_compute
+from ..train import data
+from ..train.budget import SearchBudget, ran_whole_budget, search_budget
+from ..train.cache import cache_root
+from ..train.checkpoint import save_json
+from ..train.config import field_names, is_better, make_config
+from ..errors import UserError, first_line
+from ..train.model import build_model, imagenet_cache_path
+from ..train.precision import ComputeChoice, choose_compute
 from .run_files import RUN_RECORD, STUDY_FILE, damaged_record, parse_run_record
 from .settings import RunSettings
 from .space import SearchSpace, check_space, load_space
@@ -96,7 +96,7 @@ def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
     if settings.data is None:
         if not settings.demo_data:
             raise UserError(f"no --data given and space {space.name!r} sets no data; pass --data DIR")
-        from .demo_data import write_demo_data
+        from ..train.demo_data import write_demo_data
         write_demo_data(DEMO_DATA_DIR)
         settings.data = DEMO_DATA_DIR
     if not is_uri(settings.data):

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import data
-from .checkpoint import atomic_write, load_checkpoint
-from .config import make_config
-from .errors import UserError, first_line
-from .model import build_model
+from ..train import data
+from ..train.checkpoint import atomic_write, load_checkpoint
+from ..train.config import make_config
+from ..errors import UserError, first_line
+from ..train.model import build_model
 
 FORMATS = ("torchscript", "onnx")
-EXPORT_FORMAT = "tuner.export/1"  # bumped when the metadata's meaning changes
+EXPORT_FORMAT = "tuner.serve.export/1"  # bumped when the metadata's meaning changes
 METADATA_FILE = "preprocessing.json"  # TorchScript extra file
 METADATA_KEY = "preprocessing"  # ONNX metadata_props key
 ONNX_OPSET = 18

@@ -1,0 +1,1 @@
+"""Reads a run's files: tables, parameter importance, the best model's analysis, the HTML page and its figures."""
