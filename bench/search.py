@@ -44,7 +44,7 @@ MODES = {
 def run_search(args, space: str, flags: list[str], storage: Path, name: str) -> dict:
     command = [sys.executable, "-m", "tuner", "search", "--space", space, "--storage", str(storage),
                "--name", name, "--max-concurrent", "1", "--cpus-per-trial", str(args.cpus_per_trial),
-               "--seed", str(args.seed), *flags]
+               "--sampler-seed", str(args.seed), *flags]
     if args.trials:
         command += ["--trials", str(args.trials)]
     if args.data:
@@ -60,7 +60,7 @@ def run_search(args, space: str, flags: list[str], storage: Path, name: str) -> 
         "trials": len(trials),
         "compute": ", ".join(sorted(chosen)) or "?",  # what the trials ran in, as chosen on this node
         "compute_reason": (record.get("compute") or {}).get("reason", "chosen by each trial"),
-        "trial_epochs": sum(row["epochs"] for row in trials),
+        "trial_epochs": sum(row["epochs_run"] for row in trials),
         "best_val_acc": max(row["val_acc"] for row in trials if row["val_acc"] is not None),
         "seconds": seconds,
         "turnover": median_turnover(epochs),

@@ -4,6 +4,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from tuner.train import augment
 from tuner.train.augment import RANDAUGMENT_OPS, BatchAugment, normalize
+from tuner.train.augment_policy import AugmentPolicy
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -38,9 +39,20 @@ def test_the_generator_decides_everything(batch):
 
 
 def test_randaugment_only_from_strength_one_half():
-    assert BatchAugment(aug_strength=0.4, mean=MEAN, std=STD).ops == 0
-    strong = BatchAugment(aug_strength=0.75, mean=MEAN, std=STD)
-    assert strong.ops == 2 and strong.magnitude == 7
+    assert BatchAugment(aug_strength=0.4, mean=MEAN, std=STD).policy.randaugment_ops == 0
+    strong = BatchAugment(aug_strength=0.75, mean=MEAN, std=STD).policy
+    assert strong.randaugment_ops == 2 and strong.randaugment_magnitude == 7
+
+
+def test_the_batch_parameters_stay_inside_the_policys_ranges():
+    policy = AugmentPolicy.from_strength(0.6)
+    params = augment._draw(500, policy, torch.Generator().manual_seed(0))
+    assert params["rotation"].abs().max() <= policy.rotation_degrees
+    for name in ("brightness", "contrast", "saturation"):
+        assert (params[name] - 1).abs().max() <= getattr(policy, name) + 1e-6
+    assert params["hue"].abs().max() <= policy.hue
+    assert params["op"].shape == (500, policy.randaugment_ops)
+    assert params["rotation"].abs().max() > 0.9 * policy.rotation_degrees  # and use them
 
 
 def test_colour_ops_match_torchvision(batch):

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 TIMEOUT = 300  # seconds per case; the slowest starts a local Ray
-TINY = ["--set", "model=resnet18", "--set", "weights=none", "--set", "image_size=32", "--workers", "0"]
+TINY = ["--set", "model=resnet18", "--set", "weights=none", "--set", "image_size=32", "--loader-workers", "0"]
 SPACE_SETTINGS = ('SETTINGS = {"model": "resnet18", "weights": "none", "image_size": 32, "trials": 2, '
                   '"max_epochs": 2, "grace_period": 1}\n')
 

@@ -47,9 +47,9 @@ def test_a_trial_plan_covers_the_budget_in_rounds_of_whole_epochs(budget, epoch_
     got = trial_plan(SearchBudget(*budget, grace_steps=budget[1], reason=""), epoch_steps, head_only=head_only)
     assert (got.round_epochs, got.rounds, got.steps, got.steps_per_budget_step) == plan
     assert got.budget_spent(got.steps) >= budget[0]
-    assert ran_whole_budget(got.budget_spent(got.steps), SearchBudget(*budget, budget[1], ""))
+    assert ran_whole_budget(got.budget_spent(got.steps), budget[0])
     assert not ran_whole_budget(got.budget_spent(got.steps - got.round_epochs * epoch_steps),
-                                SearchBudget(*budget, budget[1], ""))
+                                budget[0])
 
 
 @pytest.mark.parametrize(("steps", "grace", "factor"), [(120, 13, 3), (500, 55, 3), (15, 5, 2), (24, 8, 4)])

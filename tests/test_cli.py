@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from tuner.__main__ import main
+from tuner.__main__ import build_parser, main
 
 TINY = ["--set", "model=resnet18", "--set", "weights=none", "--set", "image_size=32", "--set", "batch_size=64",
-        "--workers", "0"]
+        "--loader-workers", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_train_prints_an_epoch_table(demo_root, tmp_path, capsys):
 def test_best_config_json_is_usable_as_train_config(trained, demo_root, tmp_path):
     config = trained / "best" / "config.json"
     assert main(["train", "--data", str(demo_root), "--config", str(config), "--out", str(tmp_path / "again"),
-                 "--workers", "0"]) == 0
+                 "--loader-workers", "0"]) == 0
     assert json.loads((tmp_path / "again" / "best" / "config.json").read_text()) == json.loads(config.read_text())
 
 
@@ -46,7 +46,7 @@ def test_resume_continues_to_more_epochs(trained, demo_root, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--data", str(demo_root), "--out", str(run), "--set", "epochs=1", *TINY]) == 0
     assert main(["train", "--data", str(demo_root), "--out", str(run), "--resume", "--set", "epochs=2",
-                 "--workers", "0"]) == 0
+                 "--loader-workers", "0"]) == 0
     epochs = [json.loads(line)["epoch"] for line in (run / "epochs.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
 
@@ -93,7 +93,7 @@ def run_cli(argv):
         (["train", "--data", "{demo}", "--config", "{missing}"], "config file"),
         pytest.param(["train", "--data", "{demo}", "--device", "cuda"], "no CUDA GPU",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
-        (["train", "--data", "{demo}", "--workers", "-1"], "--workers must be >= 0"),
+        (["train", "--data", "{demo}", "--loader-workers", "-1"], "--loader-workers must be >= 0, but got -1"),
         (["train", "--data", "{demo}", "--resume"], "--resume"),
         (["train", "--data", "{demo}", "--set", "weights={missing}"], "weights file"),
         (["train", "--data", "{demo}", "--bogus"], "unrecognized arguments"),
@@ -137,3 +137,40 @@ def test_an_out_path_that_is_a_file_is_one_line_and_kept(demo_root, tmp_path, ca
     assert main(["train", "--data", str(demo_root), "--out", str(target), *TINY]) == 2
     _one_line_error(capsys, "taken.txt")
     assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv, name, value, note", [
+    (["search", "--space", "demo", "--seed", "3"], "sampler_seed", 3, "--seed is now --sampler-seed"),
+    (["search", "--space", "demo", "--workers", "2"], "loader_workers", 2, "--workers is now --loader-workers"),
+    (["train", "--data", "d", "--workers", "0"], "loader_workers", 0, "--workers is now --loader-workers"),
+])
+def test_old_flag_spellings_still_work_with_a_one_line_note(argv, name, value, note, capsys):
+    args = build_parser().parse_args(argv)
+    assert getattr(args, name) == value
+    _one_line_error(capsys, f"tuner {argv[0]}: note: {note}")
+
+
+def test_search_flags_come_from_the_run_settings_with_their_defaults(capsys):
+    from dataclasses import fields
+
+    from tuner.search.settings import RunSettings, flag
+
+    assert run_cli(["search", "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for item in fields(RunSettings):
+        if flag(item):
+            assert flag(item) in shown, item.name
+    assert "seed of the Optuna sampler (default: 0)" in shown and "trials to run (default: 20)" in shown
+    assert "--seed" not in shown.replace("--sampler-seed", "") and "--workers" not in shown
+    args = build_parser().parse_args(["search", "--space", "demo"])
+    assert args.sampler_seed is None and args.early_stopping is None  # not given: SETTINGS stay in force
+
+
+def test_version_is_the_packages_one_version():
+    from importlib.metadata import version
+
+    import tuner
+
+    result = subprocess.run([sys.executable, "-m", "tuner", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"tuner {tuner.__version__}"
+    assert version("tuner") == tuner.__version__  # pyproject reads tuner.__version__: one place

@@ -32,7 +32,7 @@ def test_seed_recipe_is_a_valid_config_with_the_tutorial_rates():
         ({"lr_hed": 0.1}, "did you mean lr_head"),
         ({"unfreeze_depth": 6}, "unfreeze_depth must be >= 0 and <= 5, but got 6"),
         ({"lr_head": 0.0}, "lr_head must be > 0.0"),
-        ({"optimizer": "adam"}, "optimizer='adam' is not allowed; choose one of adamw, sgd"),
+        ({"optimizer": "adam"}, "optimizer 'adam' is not allowed; choose one of adamw, sgd"),
         ({"batch_size": 3.5}, "batch_size must be int"),
         ({"aug_strength": 1.5}, "aug_strength must be >= 0.0 and <= 1.0"),
         ({"model": "vgg16"}, "choose one of resnet18, resnet34, resnet50, resnet101, resnet152"),
@@ -88,5 +88,5 @@ def test_lr_decay_defaults_to_one_from_random_init_and_to_the_seeds_tenth_with_p
 
 
 def test_head_init_names_its_choices():
-    with pytest.raises(UserError, match="head_init='linear' is not allowed; choose one of auto, probe, random"):
+    with pytest.raises(UserError, match="head_init 'linear' is not allowed; choose one of auto, probe, random"):
         make_config({"head_init": "linear"})

@@ -96,7 +96,7 @@ def epochs_table(run, row) -> list[dict]:
 def test_a_killed_trial_resumes_from_its_last_checkpoint(faulted):
     run, trials, _ = faulted
     row = trials[KILLED]
-    assert row["status"] == "completed" and row["epochs"] == 3 and row["error"] is None
+    assert row["status"] == "completed" and row["epochs_run"] == 3 and row["error"] is None
     results = reported(run, row)
     # Epoch 2 was cut short by SIGKILL; the restarted process went on from epoch 1's checkpoint.
     assert [r["epoch"] for r in results] == [1, 2, 3]
@@ -112,7 +112,7 @@ def test_a_trial_failing_more_than_max_failures_is_errored_and_the_others_go_on(
     assert row["status"] == "errored"
     assert row["error"] == "injected fault (TUNER_FAULT) at epoch 2, step 1"
     # Failed in epoch 2, restarted once from epoch 1's checkpoint (max_failures 1), failed there again.
-    assert [r["epoch"] for r in reported(run, row)] == [1] and row["epochs"] == 1
+    assert [r["epoch"] for r in reported(run, row)] == [1] and row["epochs_run"] == 1
     assert {p.name for p in (run.parent.parent / "markers").glob("fault1.*")} == {"fault1.0", "fault1.1"}
     assert trials[KILLED]["status"] == trials[CORRUPTED]["status"] == "completed"
     assert f"{row['trial_id']} errored: injected fault" in output
@@ -123,7 +123,7 @@ def test_a_trial_failing_more_than_max_failures_is_errored_and_the_others_go_on(
 def test_a_nan_loss_ends_the_trial_as_diverged_without_retries(faulted):
     run, trials, output = faulted
     row = trials[DIVERGED]
-    last = row["epochs"]  # the epoch whose loss became NaN (sgd at lr 1e6: the first or second)
+    last = row["epochs_run"]  # the epoch whose loss became NaN (sgd at lr 1e6: the first or second)
     assert row["status"] == "diverged" and not row["stopped_early"] and last in (1, 2)
     assert row["error"] == f"training diverged in epoch {last}: loss is nan; lower the learning rates"
     assert row["best_epoch"] is None or row["best_epoch"] < last  # a NaN epoch is never a trial's best
@@ -145,7 +145,7 @@ def test_out_of_memory_fails_the_trial_naming_batch_and_image_size(faulted):
     run, trials, _ = faulted
     row = trials[OOM]
     message = "out of memory at batch_size=16, image_size=32 on cpu; lower batch_size or image_size"
-    assert row["status"] == "errored" and row["error"] == message and row["epochs"] == 0
+    assert row["status"] == "errored" and row["error"] == message and row["epochs_run"] == 0
     assert message in (run / f"trial_{row['trial_id']}" / "error.txt").read_text()
 
 
@@ -153,7 +153,7 @@ def test_out_of_memory_fails_the_trial_naming_batch_and_image_size(faulted):
 def test_a_damaged_latest_checkpoint_is_skipped_when_the_trial_resumes(faulted):
     run, trials, output = faulted
     row = trials[CORRUPTED]
-    assert row["status"] == "completed" and row["epochs"] == 3
+    assert row["status"] == "completed" and row["epochs_run"] == 3
     # Epoch 2's checkpoint was damaged and the process killed in epoch 3. The restart found the damage
     # and went back to epoch 1's checkpoint when Ray had kept it (the better one), else to scratch.
     results = reported(run, row)

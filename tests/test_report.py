@@ -16,13 +16,10 @@ from PIL import Image
 
 from tuner.train import data
 from tuner.errors import UserError
-from tuner.report.page import (
-    best_model_analysis,
-    open_run,
-    param_importances,
-    summary_lines,
-    write_report,
-)
+from tuner.report.analysis import best_model_analysis
+from tuner.report.importance import param_importances
+from tuner.report.page import summary_lines, write_report
+from tuner.report.run import open_run
 
 FIGURES = ("best_so_far.png", "learning_curves.png", "importance.png", "hyperparameters.png", "parallel.png",
            "confusion.png", "per_class.png", "misclassified.png")
@@ -177,7 +174,7 @@ def test_a_running_search_is_reported_from_the_trials_result_files(finished, tmp
         (run / name).unlink(missing_ok=True)
     shutil.rmtree(run / "best")
     # One trial is still in its first epoch: only its first result is written, not marked done.
-    busy = next(t for t, row in trials.items() if row["epochs"] == 3)
+    busy = next(t for t, row in trials.items() if row["epochs_run"] == 3)
     result = run / f"trial_{busy}" / "result.json"
     first = json.loads(result.read_text().splitlines()[0])
     assert first["done"] is False
@@ -331,7 +328,7 @@ def _problem_epochs() -> dict[str, list[dict]]:
 
 def _problem_trials() -> list[dict]:
     def row(trial_id, status, epochs, best_epoch, val_acc, lr, error=None, warning=None):
-        return {"trial_id": trial_id, "status": status, "epochs": epochs, "steps": epochs, "budget_steps": epochs,
+        return {"trial_id": trial_id, "status": status, "epochs_run": epochs, "steps": epochs, "budget_steps": epochs,
                 "stopped_early": status == "stopped_early", "best_epoch": best_epoch, "best_step": best_epoch, "val_acc": val_acc, "val_loss": None if val_acc is None else 1 - val_acc,
                 "seconds": 60.0 * epochs, "node": "n", "error": error, "warning": warning,
                 "lr_head": lr, "aug_strength": lr * 10}
@@ -342,12 +339,12 @@ def _problem_trials() -> list[dict]:
             row("e", "completed", 3, 3, 0.55, 3e-4, warning=WARNING)]
 
 
-def _problem_run(folder: Path) -> Path:
+def _problem_run(folder: Path, trials: list[dict] | None = None) -> Path:
     import pyarrow as pa
 
     folder.mkdir(parents=True)
     (folder / "tuner.json").write_text(json.dumps(RECORD))
-    pq.write_table(pa.Table.from_pylist(_problem_trials()), folder / "trials.parquet")
+    pq.write_table(pa.Table.from_pylist(trials or _problem_trials()), folder / "trials.parquet")
     epochs = [e for rows in _problem_epochs().values() for e in rows]
     columns = list(dict.fromkeys(k for e in epochs for k in e))
     pq.write_table(pa.Table.from_pylist([{c: e.get(c) for c in columns} for e in epochs]), folder / "epochs.parquet")
@@ -401,6 +398,18 @@ def test_diverged_and_failed_trials_are_counted_and_listed_with_their_errors(tmp
         lines = summary_lines(loaded)
     assert "5 trials: 2 completed, 1 stopped early by ASHA, 1 diverged, 1 errored, 0 running" in lines[0]
     assert "best: trial 1 (a) val_acc 0.6000 at epoch 3" == lines[1]
+
+
+def test_a_run_made_before_the_epochs_run_column_is_reported_with_it(tmp_path):
+    """trials.parquet named the epochs a trial ran `epochs` until it became `epochs_run`."""
+    old = [{("epochs" if k == "epochs_run" else k): v for k, v in row.items()} for row in _problem_trials()]
+    run = _problem_run(tmp_path / "old", old)
+    assert "epochs" in pq.read_schema(run / "trials.parquet").names
+    _check_problem_page(write_report(str(run)))
+    with open_run(str(run)) as loaded:
+        by_id = {t["trial_id"]: t for t in loaded.trials}
+    assert {k: t["epochs_run"] for k, t in by_id.items()} == {"a": 3, "b": 1, "c": 2, "d": 0, "e": 3}
+    assert not any("epochs" in t for t in by_id.values())
 
 
 def test_a_running_search_knows_diverged_trials_errors_and_warnings_from_ray_files(tmp_path):

@@ -38,7 +38,7 @@ def test_every_trial_has_a_row_with_its_hyperparameters(finished):
     run, _ = finished
     trials = pq.read_table(run / "trials.parquet").to_pylist()
     assert len(trials) == 6
-    assert {"trial_id", "status", "epochs", "steps", "budget_steps", "stopped_early", "val_acc", "val_loss",
+    assert {"trial_id", "status", "epochs_run", "steps", "budget_steps", "stopped_early", "val_acc", "val_loss",
             "best_step", "best_epoch", "seconds", "unfreeze_depth", "lr_head", "lr_layer4", "lr_layer3", "aug_strength"} <= set(trials[0])
     for row in trials:  # a frozen stage has no learning rate
         assert (row["lr_layer4"] is None) == (row["unfreeze_depth"] < 1)
@@ -70,7 +70,7 @@ def test_budgets_are_steps_recorded_in_both_tables(finished):
         assert [e["budget_steps"] for e in reports] == [5 * (i + 1) for i in range(len(reports))]
         assert [e["step"] for e in reports] == [5 * per_budget_step * (i + 1) for i in range(len(reports))]
         assert row["steps"] == reports[-1]["step"] == row["budget_steps"] * per_budget_step
-        assert row["epochs"] == row["steps"] // 5
+        assert row["epochs_run"] == row["steps"] // 5
         assert row["status"] == ("completed" if row["budget_steps"] == 15 else "stopped_early")
         best = max(reports, key=lambda e: (e["val_acc"], e["step"]))  # ties: the later round, as Ray keeps
         assert (row["best_step"], row["val_acc"]) == (best["step"], best["val_acc"])

@@ -86,7 +86,7 @@ def test_a_search_killed_at_any_point_resumes_without_losing_or_rerunning_trials
 
     trials = pq.read_table(run / "trials.parquet").to_pylist()
     assert len(trials) == 3 and len({row["trial_id"] for row in trials}) == 3  # one row per trial
-    assert all(row["status"] == "completed" and row["epochs"] == 2 for row in trials)
+    assert all(row["status"] == "completed" and row["epochs_run"] == 2 for row in trials)
     epochs = pq.read_table(run / "epochs.parquet").to_pylist()
     assert sorted((row["trial_id"], row["epoch"]) for row in epochs) == sorted(
         (row["trial_id"], epoch) for row in trials for epoch in (1, 2))

@@ -59,7 +59,10 @@ def test_fixed_values_win_over_the_file():
         ("def space(trial):\n    trial.suggest_float('lr_haed', 1e-4, 1e-2)\n", "unknown hyperparameter 'lr_haed'"),
         ("def space(trial):\n    return {'unfreeze_depth': 7}\n", "unfreeze_depth must be >= 0 and <= 5"),
         ("def space(trial):\n    return 3\n", "must return a dict"),
-        ("SETTINGS = {'trails': 3}\ndef space(trial):\n    pass\n", "unknown key 'trails'"),
+        ("SETTINGS = {'trails': 3}\ndef space(trial):\n    pass\n", "unknown key 'trails' (did you mean trials?)"),
+        ("SETTINGS = {'workers': 2}\ndef space(trial):\n    pass\n", "unknown key 'workers'"),
+        ("SETTINGS = {'seed': 1, 'sampler_seed': 2}\ndef space(trial):\n    pass\n",
+         "both 'seed' and 'sampler_seed' are given"),
         ("START = [{'lr_head': -1.0}]\ndef space(trial):\n    pass\n", "START in"),
         ("def space(trial):\n    trial.suggest_int('epochs', 1, 5)\n", "--max-epochs"),
         ("import no_such_module\ndef space(trial):\n    pass\n", "failed to import: ModuleNotFoundError"),
@@ -91,3 +94,18 @@ def test_a_space_may_not_set_a_trials_length_in_steps(tmp_path):
     space = load_space(str(path))
     with pytest.raises(UserError, match="sets steps; a search sets a trial's length with --max-steps"):
         check_space(space)
+
+
+def test_settings_seed_is_the_old_name_of_sampler_seed_and_says_so(tmp_path, capsys):
+    space = load_space(write_space(tmp_path, "SETTINGS = {'seed': 5, 'trials': 3}\ndef space(trial):\n    pass\n"))
+    assert space.settings == {"sampler_seed": 5, "trials": 3}
+    note = capsys.readouterr().err.strip()
+    assert len(note.splitlines()) == 1 and "'seed' is now 'sampler_seed'" in note, note
+
+
+def test_settings_may_turn_early_stopping_off(tmp_path):
+    from tuner.search.driver import settings_for
+
+    space = load_space(write_space(tmp_path, "SETTINGS = {'early_stopping': False}\ndef space(trial):\n    pass\n"))
+    assert settings_for(space, {}).early_stopping is False
+    assert settings_for(space, {"sampler_seed": 4}).sampler_seed == 4

@@ -9,6 +9,7 @@ import time
 import traceback
 from pathlib import Path
 
+from . import __version__
 from .errors import UserError
 
 CACHE_KINDS = ("data", "images", "features", "compute")  # tuner.train.cache.KINDS, without importing torch for --help
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tuner", description="Hyperparameter search for ResNet transfer learning.",
                      formatter_class=_formatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--version", action="version", version=f"tuner {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train one configuration (no Ray)", formatter_class=_formatter)
@@ -77,35 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Search flags with their help; each maps to the RunSettings field of the same name.
-_SEARCH_FLAGS = (
-    ("--data", str, "image folder (default: the space's demo data, if it has some)"),
-    ("--metric", str, "val_acc (maximised) or val_loss (minimised)"),
-    ("--trials", int, "trials to run"),
-    ("--max-steps", int, "a trial's budget in optimizer steps, if ASHA never stops it (default: sized by the "
-                         "training set, printed when the search starts)"),
-    ("--max-epochs", int, "the budget in epochs instead of --max-steps, one report an epoch (default: none)"),
-    ("--grace-period", int, "ASHA: budget every trial gets before it can be stopped, in epochs with --max-epochs, "
-                            "else steps (default: one report's worth)"),
-    ("--reduction-factor", int, "ASHA: keep the top 1/N at each rung"),
-    ("--max-concurrent", int, "trials running at once"),
-    ("--cpus-per-trial", float, "CPUs each trial reserves"),
-    ("--gpus-per-trial", float, "GPUs each trial reserves (0.5 packs two trials on a GPU)"),
-    ("--time-budget", float, "seconds after which the search stops, running trials included (default: none)"),
-    ("--seed", int, "seed of the Optuna sampler"),
-    ("--max-failures", int, "restarts of a crashed trial from its last checkpoint"),
-    ("--keep-checkpoints", str, "best: when the search ends, delete the checkpoints of finished trials other "
-                                "than the best trial's; all: keep them"),
-    ("--storage", str, "where run folders go (STORAGE/NAME)"),
-    ("--name", str, "run name (default: SPACE-YYYYmmdd-HHMMSS)"),
-    ("--address", str, "join this Ray cluster (default: start a local Ray)"),
-)
-
-
-def _setting_name(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
-
-
 def _add_search_parser(commands) -> None:
     search = commands.add_parser(
         "search", help="search hyperparameters with Ray Tune, Optuna and ASHA", formatter_class=argparse.HelpFormatter,
@@ -113,51 +86,79 @@ def _add_search_parser(commands) -> None:
                     "default shown.")
     search.add_argument("--space", required=True, help="search-space file, or the name of a shipped space (finetune, "
                                                        "feature_extract, gradual, demo)")
-    from .search.settings import RunSettings
-
-    defaults = RunSettings()
-    for flag, kind, text in _SEARCH_FLAGS:
-        shown = "" if "default:" in text else f" (default: {getattr(defaults, _setting_name(flag))})"
-        search.add_argument(flag, type=kind, default=None, help=text + shown)
-    search.add_argument("--autoscaling", action="store_true", default=None,
-                        help="the --address cluster adds nodes on demand (cluster.yaml): do not require the "
-                             "trials' GPUs and CPUs to be there when the search starts")
-    search.add_argument("--no-early-stopping", dest="early_stopping", action="store_false", default=None,
-                        help="run every trial to --max-epochs (no ASHA); a baseline for what ASHA saves")
-    search.add_argument("--stopped-as-complete", action="store_true", default=None,
-                        help="tell Optuna a trial that ASHA stopped as complete with its best score (Ray's default) "
-                             "instead of pruned with its scores by step")
-    search.add_argument("--no-reuse-workers", dest="reuse_workers", action="store_false", default=None,
-                        help="start a fresh Ray worker process for every trial (Ray's default; slower turnover)")
+    for item in _flagged_settings():  # default None: a flag not given leaves the space file's SETTINGS in force
+        if not item.metadata["train_flag"]:
+            _add_setting_flag(search, item, default=None, show_default=True)
     search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="fix a hyperparameter for every trial, e.g. --set model=resnet18 (repeatable)")
-    _add_runtime_options(search, device=False)
+    _add_runtime_options(search, device=False, search=True)
 
 
-def _add_runtime_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
+def _flagged_settings():
+    """RunSettings' fields that have a `tuner search` flag (search/settings.py: no Ray, no torch)."""
+    from dataclasses import fields
+
+    from .search.settings import RunSettings, flag
+
+    return [item for item in fields(RunSettings) if flag(item)]
+
+
+def _add_setting_flag(parser: argparse.ArgumentParser, item, default, show_default: bool) -> None:
+    """The flag of one run setting, typed by its field, its help from the field's metadata; an old
+    spelling (--seed, --workers) still works, hidden from --help, with a note on stderr."""
+    from .search.settings import flag, old_flag
+    from .train.checks import scalar_type
+
+    text, kind = item.metadata["help"], scalar_type(item.type)
+    if kind is bool:  # a switch: --autoscaling turns it on, --no-reuse-workers off
+        parser.add_argument(flag(item), dest=item.name, action="store_false" if item.default else "store_true",
+                            default=default, help=text)
+        return
+    if show_default and "default:" not in text:
+        text += f" (default: {item.default})"
+    parser.add_argument(flag(item), dest=item.name, type=kind, default=default, help=text)
+    if old_flag(item):
+        parser.add_argument(old_flag(item), dest=item.name, type=kind, default=default, help=argparse.SUPPRESS,
+                            action=_OldSpelling, setting=item.name, new=flag(item))
+
+
+class _OldSpelling(argparse.Action):
+    """A renamed flag's old spelling: sets the new one's value and says the new name on stderr."""
+
+    def __init__(self, option_strings, dest, setting: str, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.setting, self.new = setting, new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from .search.settings import renamed_note
+
+        print(f"{parser.prog}: note: {renamed_note(self.setting, option_string, self.new)}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser, device: bool = True, search: bool = False) -> None:
+    """Flags `tuner train` and `tuner search` share: the device (train only), data loading, bad images."""
     if device:
         parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="data-loading processes; default: up to 8 with CUDA, 0 on CPU (loading in the main "
-                             "process leaves every core to the model)")
-    parser.add_argument("--skip-bad-images", action="store_true",
-                        help="drop unreadable or non-image files instead of refusing the data")
+    for item in _flagged_settings():
+        if item.metadata["train_flag"]:  # train's defaults are the settings' own; its --help shows them
+            _add_setting_flag(parser, item, default=None if search else item.default, show_default=False)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import data
+    from .search.settings import check_setting
     from .train.engine import Diverged, Trainer, fit
 
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"--workers must be >= 0, but got {args.workers}")
+    check_setting("loader_workers", args.loader_workers, label="--loader-workers")
     saved = _resumable_checkpoint(out) if args.resume else None
     if saved is None and out.exists() and any(out.iterdir()):
         raise UserError(f"--out {str(out)!r} already holds files; pass --resume to continue that run or choose another --out")
     config = _train_config(args, saved)
     splits = data.load_splits(args.data, val_fraction=config.val_fraction, seed=config.seed,
                               skip_bad_images=args.skip_bad_images)
-    trainer = Trainer(config, splits, device=args.device, num_workers=args.workers, progress=sys.stderr.isatty())
+    trainer = Trainer(config, splits, device=args.device, num_workers=args.loader_workers, progress=sys.stderr.isatty())
     if saved is not None:
         trainer.load_state_dict(saved)
     _print_run_header(trainer, splits)
@@ -232,10 +233,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .train.config import parse_assignments
     from .search.driver import run_search
 
-    flags = {_setting_name(flag): getattr(args, _setting_name(flag)) for flag, *_ in _SEARCH_FLAGS}
-    flags.update(workers=args.workers, skip_bad_images=args.skip_bad_images or None,
-                 early_stopping=args.early_stopping, autoscaling=args.autoscaling,
-                 reuse_workers=args.reuse_workers, stopped_as_complete=args.stopped_as_complete)
+    flags = {item.name: getattr(args, item.name) for item in _flagged_settings()}  # None: not given
     run_search(args.space, flags, parse_assignments(args.set))
     return 0
 

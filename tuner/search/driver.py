@@ -20,15 +20,16 @@ from typing import Any
 import torch
 
 from ..train import data
-from ..train.budget import SearchBudget, ran_whole_budget, search_budget
+from ..train.budget import SearchBudget, search_budget
 from ..train.cache import cache_root
 from ..train.checkpoint import save_json
 from ..train.config import field_names, is_better, make_config
 from ..errors import UserError, first_line
 from ..train.model import build_model, imagenet_cache_path
 from ..train.precision import ComputeChoice, choose_compute
+from .outcomes import spent_whole_budget
 from .run_files import RUN_RECORD, STUDY_FILE, damaged_record, parse_run_record
-from .settings import RunSettings
+from .settings import RunSettings, recorded_settings
 from .space import SearchSpace, check_space, load_space
 from .storage import exists, is_uri, join, local_data, read_file_text, run_location, staged
 from .trainable import train_trial
@@ -52,7 +53,8 @@ def settings_for(space: SearchSpace, flags: dict[str, Any]) -> RunSettings:
 def hyperparameter_settings(space: SearchSpace) -> dict[str, Any]:
     """Hyperparameters a space file fixes through SETTINGS (model, image_size, weights, ...).
 
-    A name that is also a run setting (seed, metric) means the run setting only.
+    A name that is also a run setting (metric) means the run setting only; `seed` there is the old name of
+    sampler_seed (space.py reads it as that).
     """
     run_names = {f.name for f in fields(RunSettings)}
     return {k: v for k, v in space.settings.items() if k in field_names() and k not in run_names}
@@ -192,7 +194,7 @@ def _trainable(settings: RunSettings, splits: data.ImageSplits, budget: SearchBu
     from ray import tune
 
     trainable = tune.with_parameters(train_trial, data_location=settings.data, splits=splits, budget=budget,
-                                     cpus=settings.cpus_per_trial, workers=settings.workers)
+                                     cpus=settings.cpus_per_trial, loader_workers=settings.loader_workers)
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
 
@@ -267,8 +269,8 @@ def _searcher(space: SearchSpace, settings: RunSettings, run: str, name: str, bu
                 self._observe(trial_id, result)  # the round Ray stops a trial at never reaches on_trial_result
             if result and trial_id in self._best_values:
                 result = {**result, self.metric: self._best_values[trial_id]}
-            stopped = result and result.get("diverged") is not True and not ran_whole_budget(
-                result.get("budget_steps"), budget)
+            stopped = result and result.get("diverged") is not True and not spent_whole_budget(
+                result, budget.steps)
             if stopped and not error and not settings.stopped_as_complete:
                 result = {k: v for k, v in result.items() if k != self.metric}  # OptunaSearch tells PRUNED
             super().on_trial_complete(trial_id, result, error)
@@ -292,7 +294,7 @@ def _searcher(space: SearchSpace, settings: RunSettings, run: str, name: str, bu
         mode=settings.mode,
         points_to_evaluate=[{**point, **space.fixed} for point in space.start] or None,
         # constant_liar: running trials count as bad guesses, so parallel trials don't all pick one spot.
-        sampler=optuna.samplers.TPESampler(seed=settings.seed, constant_liar=True,
+        sampler=optuna.samplers.TPESampler(seed=settings.sampler_seed, constant_liar=True,
                                            n_startup_trials=max(2, min(10, settings.trials // 3))),
         study_name=name,
         storage=_study_storage(run),
@@ -375,11 +377,7 @@ def resume_search(run: str) -> str:
 
     run = run if is_uri(run) else str(Path(run).expanduser().resolve())
     record = read_run_record(run)
-    try:
-        settings = RunSettings(**record["settings"])
-    except TypeError as err:  # a setting this version does not know
-        raise UserError(f"{run!r}: {RUN_RECORD} has settings this tuner does not know ({err}); resume it with "
-                        f"the tuner version that started it") from None
+    settings = recorded_settings(record["settings"], f"{run!r}: {RUN_RECORD}")
     splits = load_run_splits(settings, record["fixed"])
     budget = SearchBudget(**record["budget"])
     if not tune.Tuner.can_restore(run):

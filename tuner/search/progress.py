@@ -8,6 +8,7 @@ import time
 from ray import tune
 
 from ..train.config import is_better
+from .outcomes import last_error_line, trial_status
 
 _LONGEST = 300  # characters of an error message shown on a progress line
 
@@ -40,13 +41,16 @@ class ProgressPrinter(tune.Callback):
 
     def _counts(self, trials) -> str:
         running = sum(t.status == "RUNNING" for t in trials)
-        finished = [t for t in trials if t.status == "TERMINATED"]
-        diverged = sum(_diverged(t) for t in finished)
-        early = sum(self._spent(t) < self.budget_steps and not _diverged(t) for t in finished)
+        ended = [self._outcome(t) for t in trials if t.status == "TERMINATED"]
+        early, done, diverged_trials = (ended.count(s) for s in ("stopped_early", "completed", "diverged"))
         errored = sum(t.status == "ERROR" for t in trials)
-        text = f"running {running}, stopped early {early}, done {len(finished) - early - diverged}"
-        return (text + (f", diverged {diverged}" if diverged else "") + (f", errored {errored}" if errored else "")
-                + f" of {self.trials}")
+        text = f"running {running}, stopped early {early}, done {done}"
+        return (text + (f", diverged {diverged_trials}" if diverged_trials else "")
+                + (f", errored {errored}" if errored else "") + f" of {self.trials}")
+
+    def _outcome(self, trial) -> str:
+        """completed, stopped_early or diverged: the status of a trial Ray has TERMINATED (ended, not failed)."""
+        return trial_status(trial.last_result or {}, self.budget_steps, failed=False, ended=True)
 
     @staticmethod
     def _spent(trial) -> int:
@@ -71,12 +75,12 @@ class ProgressPrinter(tune.Callback):
                     f"search best {_number(self.best)}) | {self._counts(trials)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        number, spent = self.numbers.get(trial.trial_id, "?"), self._spent(trial)
-        if _diverged(trial):
+        number, spent, outcome = self.numbers.get(trial.trial_id, "?"), self._spent(trial), self._outcome(trial)
+        if outcome == "diverged":
             loss = (trial.last_result or {}).get("train_loss")
             how = f"diverged (training loss {loss})" if loss is not None else "diverged"
         else:
-            how = "stopped early by ASHA" if spent < self.budget_steps else "completed"
+            how = "stopped early by ASHA" if outcome == "stopped_early" else "completed"
         self._print(f"trial {number} {how} after {spent} steps | {self._counts(trials)}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -94,11 +98,6 @@ class ProgressPrinter(tune.Callback):
         number = self.numbers.get(trial.trial_id, "?")
         reason = error_text(trial) or "no error message recorded"
         self._print(f"trial {number} failed after {self._spent(trial)} steps: {reason} | {self._counts(trials)}")
-
-
-def _diverged(trial) -> bool:
-    """The trial's last report says its loss became NaN or infinite (see trainable.train_trial)."""
-    return (trial.last_result or {}).get("diverged") is True
 
 
 def error_text(trial) -> str:
@@ -119,16 +118,7 @@ def error_text(trial) -> str:
             text = None
     if text is None:
         return str(path or "")
-    return last_line(str(text))
-
-
-def last_line(text: str) -> str:
-    """The last non-blank line of an error trace that is not Ray's `Failure # N (occurred at ...)` header."""
-    lines = [line.strip() for line in text.splitlines()]
-    meaningful = [line for line in lines if line and not line.startswith("Failure # ")]
-    if not meaningful:
-        return ""
-    line = meaningful[-1]
+    line = last_error_line(str(text))
     return line if len(line) <= _LONGEST else line[:_LONGEST - 3] + "..."
 
 

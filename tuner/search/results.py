@@ -10,40 +10,37 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 
 from ..train import data
-from ..train.budget import SearchBudget, ran_whole_budget
+from ..train.budget import SearchBudget
 from ..train.checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
-from ..train.config import METRICS, field_names, is_better, make_config
-from ..train.engine import Diverged, Trainer
+from ..train.config import METRICS
+from ..train.engine import resolve_device
+from ..train.evaluation import load_trained
 from ..errors import first_line
 from ..testing.faults import fault_point
 from ..train.model import full_model_state
-from .run_files import RAY_COLUMNS, STATUSES
+from . import outcomes
+from .outcomes import RAY_COLUMNS
 from .trainable import load_trainer_state
 
 
 def trial_status(result, budget: SearchBudget) -> str:
     """completed, stopped_early (by ASHA or the time budget), diverged (NaN/inf loss) or errored."""
-    metrics = result.metrics or {}
-    if metrics.get("diverged") is True:
-        return "diverged"
-    if result.error is not None:
-        return "errored"
-    return "completed" if ran_whole_budget(metrics.get("budget_steps"), budget) else "stopped_early"
+    # Ray sets a finished trial's error only when it gave up on it (its final state is ERROR).
+    return outcomes.trial_status(result.metrics or {}, budget.steps, failed=result.error is not None, ended=True)
 
 
 def trial_error(result) -> str | None:
     """One line saying why a trial errored or diverged; None for the others."""
     metrics = result.metrics or {}
-    if metrics.get("diverged") is True:
-        return str(Diverged(int(metrics["epoch"]), metrics["train_loss"]))
+    if outcomes.diverged(metrics):
+        return outcomes.diverged_error(metrics)
     error = result.error
     if error is None:
         return None
     if isinstance(error, str):  # Ray's text trace, when the exception could not be unpickled
-        return error.strip().splitlines()[-1]
+        return outcomes.last_error_line(error)
     cause = getattr(error, "cause", None)  # a RayTaskError wraps the trial's own exception
     return first_line(cause if isinstance(cause, BaseException) else error)
 
@@ -66,50 +63,21 @@ def history(result) -> list[dict[str, Any]]:
 
 
 def trial_rows(grid, settings, searched: list[str], budget: SearchBudget) -> list[dict[str, Any]]:
-    """One row per trial: id, status, epochs and steps run, best metric values, seconds, every hyperparameter."""
-    mode = settings.mode
-    hyperparameters = list(dict.fromkeys([*searched, *sorted(k for r in grid for k in (r.config or {}))]))
+    """One row per trial (outcomes.trial_row), with every hyperparameter any trial has (null where not)."""
+    hyperparameters = outcomes.hyperparameter_columns(dict.fromkeys(
+        [*searched, *sorted(k for r in grid for k in (r.config or {}))]))
     rows = []
     for result in grid:
-        epochs, best = history(result), None
-        for epoch in epochs:
-            value, best_value = epoch.get(settings.metric), best and best[settings.metric]
-            # On a tie the later epoch, as Ray keeps the later checkpoint: best_epoch is what best/ holds.
-            if is_better(mode, value, best_value) or (best is not None and value == best_value):
-                best = epoch
-        metrics = result.metrics or {}
-        status = trial_status(result, budget)
-        row = {
-            "trial_id": metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
-            "status": status,
-            "epochs": int(metrics.get("epoch", 0)),
-            "steps": int(metrics.get("step", 0)),
-            "budget_steps": int(metrics.get("budget_steps", 0)),
-            "stopped_early": status == "stopped_early",
-            "best_epoch": int(best["epoch"]) if best else None,
-            "best_step": int(best["step"]) if best else None,
-            "val_acc": float(best["val_acc"]) if best else None,
-            "val_loss": float(best["val_loss"]) if best else None,
-            "seconds": float(metrics.get("time_total_s", 0.0)),
-            "node": metrics.get("node"),
-            "error": trial_error(result),
-            # A damaged checkpoint skipped when the trial resumed (see trainable.resume_state).
-            "warning": "; ".join(epoch["warning"] for epoch in epochs if epoch.get("warning")) or None,
-        }
-        config = result.config or {}
-        # `epochs` and `steps` (the schedule's length) come from the budget; the columns mean what ran.
-        row.update({name: config.get(name) for name in hyperparameters
-                    if name in field_names() and name not in ("epochs", "steps")})
-        rows.append(row)
+        metrics, config = result.metrics or {}, result.config or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
+        row = outcomes.trial_row(trial_id, metrics, history(result), status=trial_status(result, budget),
+                                 error=trial_error(result), metric=settings.metric, mode=settings.mode)
+        rows.append({**row, **{name: config.get(name) for name in hyperparameters}})
     return rows
 
 
 def epoch_rows(grid) -> list[dict[str, Any]]:
-    rows = []
-    for result in grid:
-        for epoch in history(result):
-            rows.append({k: v for k, v in epoch.items() if k not in RAY_COLUMNS and not k.startswith("config/")})
-    return rows
+    return [outcomes.model_metrics(epoch) for result in grid for epoch in history(result)]
 
 
 def write_table(rows: list[dict[str, Any]], path: Path) -> None:
@@ -158,14 +126,8 @@ def _write_best(state: dict[str, Any], metrics: dict[str, Any], run_dir: Path,
 def evaluate_payload(payload: dict[str, Any], splits: data.ImageSplits, split: str = "test") -> dict[str, float]:
     """Metrics of a saved model on one split of the data (test: once, never used for selection)."""
     # In the precision and layout the trial validated in (no probe here), so the metrics are comparable.
-    precision, _, layout = payload["metrics"].get("compute", "auto/auto").partition("/")
-    if precision == "fp16" and not torch.cuda.is_available():  # trained on a GPU, evaluated here
-        precision = "fp32"
-    config = make_config({**payload["config"], "weights": "none", "precision": precision, "memory_format": layout})
-    trainer = Trainer(config, splits, num_workers=0)
-    trainer.model.load_state_dict(payload["model"])
-    loader = trainer.test_loader if split == "test" else trainer.val_loader
-    return trainer.evaluate(loader, prefix=split)
+    trained = load_trained(payload, resolve_device("auto"), as_trained=True)
+    return trained.evaluate(splits.test if split == "test" else splits.val, prefix=split).metrics
 
 
 def export_results(grid, run_dir: Path, settings, searched: list[str], splits: data.ImageSplits,
@@ -207,14 +169,12 @@ def drop_finished_checkpoints(grid, rows: list[dict[str, Any]], keep: str | None
 
 
 def print_summary(rows, payload, location: str, settings, searched: list[str], top: int = 5) -> None:
-    metric, reverse = settings.metric, METRICS[settings.metric] == "max"
-    done = [r for r in rows if r[metric] is not None]
-    done.sort(key=lambda r: r[metric], reverse=reverse)
-    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    metric = settings.metric
+    done, counts = outcomes.ranked(rows, metric, METRICS[metric]), outcomes.status_counts(rows)
     diverged = f"{counts['diverged']} diverged, " if counts["diverged"] else ""
     print(f"\n{len(rows)} trials: {counts['completed']} completed, {counts['stopped_early']} stopped early by "
           f"ASHA, {diverged}{counts['errored']} errored; {sum(r['steps'] for r in rows)} trial-steps, "
-          f"{sum(r['epochs'] for r in rows)} trial-epochs")
+          f"{sum(r['epochs_run'] for r in rows)} trial-epochs")
     for row in rows:
         if row["error"]:
             print(f"  {row['trial_id']} {row['status']}: {row['error']}")

@@ -1,6 +1,7 @@
 """The files of a search's run folder (RUN = STORAGE/NAME) that several modules read: no Ray here.
 
-search.py writes them, results.py fills the tables, report.py reads them on any machine.
+driver.py writes them, results.py fills the tables, report/ reads them on any machine; what a table's
+row holds (columns, statuses) is outcomes.py's.
 """
 
 from __future__ import annotations
@@ -12,12 +13,6 @@ from ..errors import UserError
 
 RUN_RECORD = "tuner.json"  # what resume needs: the space file's path, the run settings, the fixed values
 STUDY_FILE = "optuna.db"  # the search's Optuna study (SQLite): optuna-dashboard and optuna.load_study read it
-# Ray's bookkeeping in each result that says nothing about the model; left out of epochs.parquet.
-RAY_COLUMNS = frozenset({"done", "should_checkpoint", "date", "timestamp", "time_this_iter_s", "pid", "hostname",
-                         "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
-                         "config"})
-# A trial's status in trials.parquet (stopped_early: by ASHA or the time budget; diverged: a NaN/inf loss).
-STATUSES = ("completed", "stopped_early", "diverged", "errored")
 _RECORD_KEYS = ("space", "settings", "fixed", "searched", "budget")
 
 

@@ -1,81 +1,181 @@
-"""Run settings of a search: everything about it that is not a hyperparameter."""
+"""Run settings of a search: everything about it that is not a hyperparameter.
+
+RunSettings is the one list of them. Each field's metadata (see `setting`) is what the rest reads:
+the CLI builds the `tuner search` flags and their help from it, a space file's SETTINGS may set the
+fields marked `in_space_file`, and `check` reads each field's allowed values. A setting's flag is its
+name with dashes (`max_steps` -> `--max-steps`), or `--no-NAME` for a switch that is on by default.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, field, fields
+from typing import Any
 
-from ..train.config import METRICS
 from ..errors import UserError
+from ..train.checks import Bounds, check_value
+from ..train.config import METRICS
 
 KEEP_CHECKPOINTS = ("best", "all")
 
 
+def setting(default: Any, help: str, *, in_space_file: bool = False, has_flag: bool = True,
+            train_flag: bool = False, choices: tuple[str, ...] | None = None, bounds: Bounds | None = None,
+            old_name: str | None = None, renamed_because: str = "") -> Any:
+    """A RunSettings field and what the CLI, space files and `check` need to know about it.
+
+    train_flag: `tuner train` has the flag too. old_name: the name before a rename, still read (flag,
+    SETTINGS, a run's tuner.json) with a note that says `renamed_because`.
+    """
+    return field(default=default, metadata={
+        "help": help, "in_space_file": in_space_file, "has_flag": has_flag, "train_flag": train_flag,
+        "choices": choices, "bounds": bounds, "old_name": old_name, "renamed_because": renamed_because})
+
+
+_AT_LEAST_ONE, _POSITIVE = Bounds(1), Bounds(0.0, low_inclusive=False)
+
+
 @dataclass
 class RunSettings:
-    """Everything about a search that is not a hyperparameter; each is a `tuner search` flag."""
+    """Everything about a search that is not a hyperparameter; the fields are in `tuner search --help` order."""
 
-    data: str | None = None
-    metric: str = "val_acc"
-    trials: int = 20
-    max_steps: int | None = None  # a trial's budget in optimizer steps; None: sized by the data (budget.py)
-    max_epochs: int | None = None  # the budget as epochs instead, one report an epoch
-    grace_period: int | None = None  # ASHA: budget every trial gets (epochs with max_epochs, else steps); None: one round
-    reduction_factor: int = 3  # ASHA: keep the top 1/3 at each rung
-    max_concurrent: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    time_budget: float | None = None  # seconds; then Ray stops the search, running trials included
-    seed: int = 0
-    early_stopping: bool = True  # False: no ASHA, every trial runs max_epochs (a baseline for ASHA's savings)
-    # Tell Optuna a trial that ASHA stopped as COMPLETE with its best score (Ray's own way) instead of PRUNED
-    # with its scores by step (TPE then ranks it by how far it got): bench/transfer.py compares the two.
-    stopped_as_complete: bool = False
-    reuse_workers: bool = True  # run trial after trial in one Ray worker process (fast turnover)
-    max_failures: int = 2  # a crashed trial restarts from its last checkpoint this many times
+    data: str | None = setting(None, "image folder (default: the space's demo data, if it has some)",
+                               in_space_file=True)
+    metric: str = setting("val_acc", "val_acc (maximised) or val_loss (minimised)", in_space_file=True,
+                          choices=tuple(METRICS))
+    trials: int = setting(20, "trials to run", in_space_file=True, bounds=_AT_LEAST_ONE)
+    max_steps: int | None = setting(  # None: sized by the data (budget.py)
+        None, "a trial's budget in optimizer steps, if ASHA never stops it (default: sized by the training set, "
+              "printed when the search starts)", in_space_file=True, bounds=_AT_LEAST_ONE)
+    max_epochs: int | None = setting(
+        None, "the budget in epochs instead of --max-steps, one report an epoch (default: none)", in_space_file=True,
+        bounds=_AT_LEAST_ONE)
+    grace_period: int | None = setting(  # None: one round
+        None, "ASHA: budget every trial gets before it can be stopped, in epochs with --max-epochs, else steps "
+              "(default: one report's worth)", in_space_file=True, bounds=_AT_LEAST_ONE)
+    reduction_factor: int = setting(3, "ASHA: keep the top 1/N at each rung", in_space_file=True,
+                                    bounds=Bounds(2))
+    max_concurrent: int = setting(2, "trials running at once", in_space_file=True, bounds=_AT_LEAST_ONE)
+    cpus_per_trial: float = setting(1.0, "CPUs each trial reserves", in_space_file=True, bounds=_POSITIVE)
+    gpus_per_trial: float = setting(0.0, "GPUs each trial reserves (0.5 packs two trials on a GPU)",
+                                    in_space_file=True, bounds=Bounds(0.0))
+    time_budget: float | None = setting(  # then Ray stops the search, running trials included
+        None, "seconds after which the search stops, running trials included (default: none)", in_space_file=True,
+        bounds=_POSITIVE)
+    sampler_seed: int = setting(0, "seed of the Optuna sampler", in_space_file=True, bounds=Bounds(0),
+                                old_name="seed", renamed_because="to tell it from a trial's own: the hyperparameter seed")
+    max_failures: int = setting(2, "restarts of a crashed trial from its last checkpoint", in_space_file=True,
+                                bounds=Bounds(0))
     # best: when the search ends, delete finished trials' checkpoints but the best trial's (best/ holds
     # the model); all: keep every trial's (Ray keeps each trial's best and latest).
-    keep_checkpoints: str = "best"
-    demo_data: bool = False
-    storage: str = "runs"
-    name: str | None = None
-    address: str | None = None
-    autoscaling: bool = False  # the cluster adds GPU/CPU nodes on demand: skip the "enough resources now" check
-    workers: int | None = None
-    skip_bad_images: bool = False
+    keep_checkpoints: str = setting(
+        "best", "best: when the search ends, delete the checkpoints of finished trials other than the best "
+                "trial's; all: keep them", choices=KEEP_CHECKPOINTS)
+    storage: str = setting("runs", "where run folders go (STORAGE/NAME)")
+    name: str | None = setting(None, "run name (default: SPACE-YYYYmmdd-HHMMSS)")
+    address: str | None = setting(None, "join this Ray cluster (default: start a local Ray)")
+    autoscaling: bool = setting(  # skip the "enough resources now" check
+        False, "the --address cluster adds nodes on demand (cluster.yaml): do not require the trials' GPUs and "
+               "CPUs to be there when the search starts")
+    early_stopping: bool = setting(  # False: no ASHA, a baseline for ASHA's savings
+        True, "run every trial to --max-epochs (no ASHA); a baseline for what ASHA saves", in_space_file=True)
+    # Tell Optuna a trial that ASHA stopped as COMPLETE with its best score (Ray's own way) instead of PRUNED
+    # with its scores by step (TPE then ranks it by how far it got): bench/transfer.py compares the two.
+    stopped_as_complete: bool = setting(
+        False, "tell Optuna a trial that ASHA stopped as complete with its best score (Ray's default) instead "
+               "of pruned with its scores by step")
+    reuse_workers: bool = setting(  # run trial after trial in one Ray worker process (fast turnover)
+        True, "start a fresh Ray worker process for every trial (Ray's default; slower turnover)")
+    loader_workers: int | None = setting(
+        None, "data-loading processes; default: up to 8 with CUDA, 0 on CPU (loading in the main process leaves "
+              "every core to the model)", train_flag=True, bounds=Bounds(0), old_name="workers",
+        renamed_because="to tell data loading from Ray's worker processes")
+    skip_bad_images: bool = setting(False, "drop unreadable or non-image files instead of refusing the data",
+                                    train_flag=True)
+    # The space's own built-in data when no --data is given (demo.py); a space file's choice, no flag.
+    demo_data: bool = setting(False, "", in_space_file=True, has_flag=False)
 
     @property
     def mode(self) -> str:
         return METRICS[self.metric]
 
     def check(self) -> None:
+        """Raise a one-line UserError for a value of the wrong type or out of range, or two that clash."""
         for item in fields(self):
-            value, kind = getattr(self, item.name), item.type.split(" | ")[0]
-            expected = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}[kind]
-            if not (value is None and "None" in item.type) and (
-                    not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool))):
-                raise UserError(f"{item.name} must be {kind}, but got {value!r}")
-        if self.workers is not None and self.workers < 0:
-            raise UserError(f"workers must be >= 0, but got {self.workers}")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise UserError(f"time_budget must be > 0 seconds, but got {self.time_budget}")
-        if self.metric not in METRICS:
-            raise UserError(f"metric {self.metric!r} is not allowed; choose one of {', '.join(METRICS)}")
-        for name in ("trials", "max_steps", "max_epochs", "grace_period", "max_concurrent"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, but got {getattr(self, name)}")
+            setattr(self, item.name, check_setting(item.name, getattr(self, item.name)))
         if self.max_steps is not None and self.max_epochs is not None:
             raise UserError(f"max_steps ({self.max_steps}) and max_epochs ({self.max_epochs}) both set a trial's "
                             f"budget; pass one of them")
         longest = ("max_epochs", self.max_epochs) if self.max_epochs is not None else ("max_steps", self.max_steps)
         if self.grace_period is not None and longest[1] is not None and self.grace_period > longest[1]:
             raise UserError(f"grace_period ({self.grace_period}) must be <= {longest[0]} ({longest[1]})")
-        if self.reduction_factor < 2:
-            raise UserError(f"reduction_factor must be >= 2, but got {self.reduction_factor}")
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            raise UserError(f"cpus_per_trial must be > 0 and gpus_per_trial >= 0, but got "
-                            f"{self.cpus_per_trial} and {self.gpus_per_trial}")
-        if self.keep_checkpoints not in KEEP_CHECKPOINTS:
-            raise UserError(f"keep_checkpoints {self.keep_checkpoints!r} is not allowed; choose one of "
-                            f"{', '.join(KEEP_CHECKPOINTS)}")
-        if self.max_failures < 0:
-            raise UserError(f"max_failures must be >= 0, but got {self.max_failures}")
+
+
+def _field(name: str) -> Field:
+    return next(item for item in fields(RunSettings) if item.name == name)
+
+
+def check_setting(name: str, value: Any, label: str | None = None) -> Any:
+    """Check one setting's value by its field's type, choices and range (errors call it `label`, e.g. its
+    flag); returns it, an int as float where a float is due."""
+    item = _field(name)
+    return check_value(label or name, value, item.type, choices=item.metadata["choices"],
+                       bounds=item.metadata["bounds"])
+
+
+def flag(item: Field) -> str | None:
+    """A setting's `tuner search` flag: --max-steps for max_steps, --no-NAME for a switch on by default."""
+    if not item.metadata["has_flag"]:
+        return None
+    dashed = item.name.replace("_", "-")
+    return f"--no-{dashed}" if item.default is True else f"--{dashed}"
+
+
+def old_flag(item: Field) -> str | None:
+    """The flag a renamed setting had (--seed for sampler_seed)."""
+    return f"--{item.metadata['old_name'].replace('_', '-')}" if item.metadata["old_name"] else None
+
+
+def space_file_names() -> tuple[str, ...]:
+    """The run settings a space file's SETTINGS may set."""
+    return tuple(item.name for item in fields(RunSettings) if item.metadata["in_space_file"])
+
+
+def renamed_note(name: str, old: str, new: str) -> str:
+    """The one-line note for setting `name` given by its old spelling `old` (a flag or a key) instead of `new`."""
+    return f"{old} is now {new} ({_field(name).metadata['renamed_because']}); the old name still works for now"
+
+
+def new_names() -> dict[str, str]:
+    """Old name -> new name of each renamed setting: {"seed": "sampler_seed", "workers": "loader_workers"}."""
+    return {item.metadata["old_name"]: item.name for item in fields(RunSettings) if item.metadata["old_name"]}
+
+
+def with_new_names(values: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """`values` with each renamed setting's old name (seed, workers) replaced by its new one, and the
+    (old, new) pairs replaced. Raises UserError when both names are given."""
+    renamed = new_names()
+    found = [(old, new) for old, new in renamed.items() if old in values]
+    for old, new in found:
+        if new in values:
+            raise UserError(f"both {old!r} and {new!r} are given ({values[old]!r}, {values[new]!r}); "
+                            f"{old!r} is the old name of {new!r}: keep only {new!r}")
+    return {renamed.get(name, name): value for name, value in values.items()}, found
+
+
+def recorded_settings(values: dict[str, Any], source: str) -> RunSettings:
+    """The settings a run recorded (RUN/tuner.json; `source` names it in errors), checked as a new search's.
+
+    A run recorded before the renames holds seed and workers: they are read as sampler_seed and
+    loader_workers, without a note (the user need not change a run's record).
+    """
+    values, _ = with_new_names(values)
+    unknown = sorted(set(values) - {item.name for item in fields(RunSettings)})
+    if unknown:
+        raise UserError(f"{source} has settings this tuner does not know ({', '.join(unknown)}); resume it with "
+                        f"the tuner version that started it")
+    settings = RunSettings(**values)
+    try:
+        settings.check()
+    except UserError as err:
+        raise UserError(f"{source} holds a bad setting: {err}; fix the file or start a new search") from None
+    return settings

@@ -2,13 +2,15 @@
 
 A space file is a Python module with `def space(trial)`, an Optuna define-by-run function that
 suggests trainer hyperparameters (by their TrainConfig names) and returns a dict of constants or None.
-Optional module-level names: `SETTINGS = {...}` (run defaults that flags override) and
+Optional module-level names: `SETTINGS = {...}` (run defaults that flags override: the run settings
+marked in_space_file in settings.py, and hyperparameters fixed for every trial) and
 `START = [{...}, ...]` (configurations to try first, e.g. the seed tutorial's recipe).
 A space file is Python and runs with the user's rights: load only files you trust.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
 import importlib.util
 import sys
@@ -20,14 +22,10 @@ import optuna
 
 from ..train.config import field_names, make_config, unknown_key_message
 from ..errors import UserError
+from .settings import new_names, renamed_note, space_file_names, with_new_names
 
 # The shipped spaces are package data (tuner/search/spaces/), so a wheel install has them too.
 SPACES_DIR = Path(str(importlib.resources.files("tuner.search") / "spaces"))
-# Run settings a space file may default in SETTINGS; each is also a `tuner search` flag.
-SETTING_NAMES = (
-    "data", "metric", "trials", "max_steps", "max_epochs", "grace_period", "reduction_factor", "max_concurrent",
-    "cpus_per_trial", "gpus_per_trial", "time_budget", "seed", "max_failures", "demo_data",
-)
 # How many random draws of the space are checked before the search starts.
 _VALIDATION_DRAWS = 8
 
@@ -124,14 +122,26 @@ def _import(path: Path):
 
 
 def _checked_settings(module, path: Path) -> dict[str, Any]:
+    """SETTINGS with every key a run setting a space file may set (settings.py) or a hyperparameter; an
+    old name (seed) is read as the new one (sampler_seed), with a note on stderr."""
     settings = getattr(module, "SETTINGS", {})
     if not isinstance(settings, dict):
         raise UserError(f"SETTINGS in {str(path)!r} must be a dict, but is {type(settings).__name__}")
+    allowed = space_file_names()
+    old_names = [old for old, new in new_names().items() if new in allowed]
     for name in settings:
-        if name not in SETTING_NAMES and name not in field_names():
-            raise UserError(f"SETTINGS in {str(path)!r} has unknown key {name!r}; allowed: run settings "
-                            f"{', '.join(SETTING_NAMES)} or any hyperparameter")
-    return dict(settings)
+        if name not in allowed and name not in old_names and name not in field_names():
+            close = difflib.get_close_matches(str(name), [*allowed, *field_names()], n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserError(f"SETTINGS in {str(path)!r} has unknown key {name!r}{hint}; allowed: run settings "
+                            f"{', '.join(allowed)} or any hyperparameter")
+    try:
+        settings, renamed = with_new_names(settings)
+    except UserError as err:
+        raise UserError(f"SETTINGS in {str(path)!r}: {err}") from None
+    for old, new in renamed:
+        print(f"tuner: note: SETTINGS in {str(path)!r}: {renamed_note(new, repr(old), repr(new))}", file=sys.stderr)
+    return settings
 
 
 def _checked_start(module, path: Path) -> list[dict[str, Any]]:

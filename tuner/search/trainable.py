@@ -39,7 +39,7 @@ TRAINER_STATE = "trainer.pt"
 
 
 def train_trial(config: dict[str, Any], *, data_location: str, splits: data.ImageSplits, budget: SearchBudget,
-                cpus: float = 1.0, workers: int | None = None) -> None:
+                cpus: float = 1.0, loader_workers: int | None = None) -> None:
     """Train one configuration for the search's budget, one `tune.report` (metrics + checkpoint) per round.
 
     Resumes from `tune.get_checkpoint()` when Ray restarts the trial (a crash, a lost node, `tuner resume`).
@@ -52,7 +52,7 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: data.Imag
     splits = splits.rebased(local_data(data_location))
     # A trial uses exactly what Ray reserved for it: its GPU (an error if CUDA cannot see it), else the CPU.
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    trainer = Trainer(hyperparameters, splits, device=device, num_workers=workers)
+    trainer = Trainer(hyperparameters, splits, device=device, num_workers=loader_workers)
     trainer.step_hook = fault_hook(config)
     warning = None
     checkpoint = tune.get_checkpoint()

@@ -20,9 +20,8 @@ from torch import nn
 
 from ..train import data
 from ..train.checkpoint import atomic_write, load_checkpoint
-from ..train.config import make_config
 from ..errors import UserError, first_line
-from ..train.model import build_model
+from ..train.evaluation import load_trained
 
 FORMATS = ("torchscript", "onnx")
 EXPORT_FORMAT = "tuner.serve.export/1"  # bumped when the metadata's meaning changes
@@ -71,12 +70,9 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict[str,
 
 def serving_model(payload: dict[str, Any]) -> tuple[ServingModel, dict[str, Any]]:
     """The checkpoint's model (CPU, fp32, eval) wrapped with its normalisation, and its metadata."""
-    # The architecture comes from the checkpoint; its weights replace the random init (as in Predictor).
-    config = make_config({**payload["config"], "weights": "none"})
-    model, _ = build_model(config, len(payload["classes"]))
-    model.load_state_dict(payload["model"])
-    norm = payload["normalization"]
-    serving = ServingModel(model.float(), norm["mean"], norm["std"]).cpu().eval()
+    trained = load_trained(payload, torch.device("cpu"))
+    config, norm = trained.config, trained.normalization
+    serving = ServingModel(trained.model, norm["mean"], norm["std"]).eval()
     size = config.image_size
     metadata = {
         "format": EXPORT_FORMAT,

@@ -9,26 +9,20 @@ from PIL import Image, UnidentifiedImageError
 
 from ..train import data
 from ..train.checkpoint import load_checkpoint
-from ..train.config import make_config
 from ..train.engine import resolve_device
+from ..train.evaluation import load_trained
 from ..errors import UserError
-from ..train.model import build_model
 
 
 class Predictor:
-    """A trained model plus its class names and eval transform, ready for `predict`."""
+    """A trained model (fp32) plus its class names and eval transform, ready for `predict`."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto"):
-        payload = load_checkpoint(checkpoint)
-        # The architecture comes from the checkpoint; its weights replace the random init below.
-        config = make_config({**payload["config"], "weights": "none"})
-        self.classes: list[str] = payload["classes"]
-        self.device = resolve_device(device)
-        self.model, _ = build_model(config, len(self.classes))
-        self.model.load_state_dict(payload["model"])
-        self.model.to(self.device).eval()
-        self.transform = data.eval_transforms(image_size=config.image_size, **payload["normalization"])
-        self.weights = payload["weights"]
+        trained = load_trained(load_checkpoint(checkpoint), resolve_device(device))
+        self.model, self.device = trained.model, trained.device
+        self.classes: list[str] = trained.classes
+        self.weights = trained.weights
+        self.transform = data.eval_transforms(image_size=trained.config.image_size, **trained.normalization)
 
     @torch.no_grad()
     def probabilities(self, paths: list[str | Path]) -> torch.Tensor:

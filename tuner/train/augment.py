@@ -6,12 +6,12 @@ cheaper than transforming one image at a time (torchvision's tensor ops cost 0.2
 hue alone 0.6 ms at 64 px). Parameters come from a seeded CPU generator, so a batch is augmented the
 same way on any device and a resumed run repeats its augmentation.
 
-For `aug_strength` s > 0, in this order:
-    rotation        uniform +-30 s degrees
-    colour jitter   brightness, contrast, saturation factors in 1 +- 0.4 s; hue shift +-0.1 s turns
-    RandAugment     from s >= 0.5: 2 ops per image, magnitude round(9 s) of 30, torchvision's op list
-                    and ranges (shear, translate, rotate, brightness, colour, contrast, sharpness,
-                    posterize, solarize, autocontrast, equalize, identity)
+For `aug_strength` s > 0, in this order, with the ranges of augment_policy.AugmentPolicy:
+    rotation        uniform in +- rotation_degrees
+    colour jitter   brightness, contrast, saturation factors in 1 +- theirs; hue shift in +- hue turns
+    RandAugment     randaugment_ops per image (when there are any) at randaugment_magnitude of 30,
+                    torchvision's op list and ranges (shear, translate, rotate, brightness, colour,
+                    contrast, sharpness, posterize, solarize, autocontrast, equalize, identity)
 Every geometric op (the rotation and RandAugment's shear/translate/rotate) is composed into one affine
 resampling of the crop, applied before the colour ops; empty corners are black, as in torchvision.
 Hue is shifted by turning the chroma plane in YIQ space, which keeps each pixel's luma: cheap, and
@@ -25,17 +25,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .augment_policy import AugmentPolicy
+
 RANDAUGMENT_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness",
                    "color", "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
-_SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color", "contrast",
-           "sharpness"}
 BINS = 31  # torchvision's RandAugment magnitude bins: magnitude m of 30 takes the m-th of 31 values
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _GREY = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
-
-
-def randaugment_magnitude(aug_strength: float) -> int:
-    return math.floor(9 * aug_strength + 0.5)  # halves round up: 0.5 -> 5, 0.75 -> 7
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -55,28 +51,25 @@ class BatchAugment:
     """uint8 batch -> augmented, normalised float batch; `aug_strength` 0 only normalises."""
 
     def __init__(self, *, aug_strength: float, mean, std):
-        self.strength, self.mean, self.std = aug_strength, mean, std
-        self.ops = 2 if aug_strength >= 0.5 else 0
-        self.magnitude = randaugment_magnitude(aug_strength)
+        self.policy, self.mean, self.std = AugmentPolicy.from_strength(aug_strength), mean, std
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.strength == 0:
+        if self.policy.strength == 0:
             return normalize(images, self.mean, self.std)
-        n, s = images.shape[0], self.strength
-        params = _draw(n, s, self.ops, generator)
-        x = _resample(images.float(), self._geometry(params, images.shape[-1]))  # still 0-255: linear ops
+        params = _draw(images.shape[0], self.policy, generator)
+        x = _resample(images.float(), self._geometry(params))  # still 0-255: linear ops
         x = _jitter(x, params["brightness"], params["contrast"], params["saturation"], params["hue"], scale=1 / 255)
-        for slot in range(self.ops):
+        for slot in range(self.policy.randaugment_ops):
             x = self._colour_op(x, params["op"][:, slot], params["sign"][:, slot])
         return _standardize(x, self.mean, self.std)
 
     def _value(self, low: float, high: float) -> float:
-        return low + (high - low) * self.magnitude / (BINS - 1)
+        return low + (high - low) * self.policy.randaugment_magnitude / (BINS - 1)
 
-    def _geometry(self, params, width: int) -> torch.Tensor:
+    def _geometry(self, params) -> torch.Tensor:
         """(N, 3, 3) forward maps in normalised coordinates: jitter rotation, then the RandAugment ops."""
         matrices = _rotation(params["rotation"])
-        for slot in range(self.ops):
+        for slot in range(self.policy.randaugment_ops):
             op, sign = params["op"][:, slot], params["sign"][:, slot]
             step = torch.eye(3).repeat(len(op), 1, 1)
             shear = self._value(0, 0.3) * sign
@@ -92,7 +85,7 @@ class BatchAugment:
     def _colour_op(self, x: torch.Tensor, op: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
         """Apply each image's chosen RandAugment colour op (only to the images that chose it)."""
         factor = (1 + self._value(0, 0.9) * sign).to(x.device)
-        bits = 8 - round(self.magnitude / ((BINS - 1) / 4))
+        bits = 8 - round(self.policy.randaugment_magnitude / ((BINS - 1) / 4))
         threshold = self._value(1.0, 0.0)
         ops = {
             "brightness": lambda x, f: _brightness(x, f),
@@ -112,16 +105,18 @@ class BatchAugment:
         return x
 
 
-def _draw(n: int, s: float, ops: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def _draw(n: int, policy: AugmentPolicy, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every image's random parameters; the order of the draws is part of exact resume, keep it."""
     def uniform(low, high, *shape):
         return low + (high - low) * torch.rand(*(shape or (n,)), generator=generator)
 
+    ops = policy.randaugment_ops
     return {
-        "rotation": uniform(-30 * s, 30 * s),
-        "brightness": uniform(1 - 0.4 * s, 1 + 0.4 * s),
-        "contrast": uniform(1 - 0.4 * s, 1 + 0.4 * s),
-        "saturation": uniform(1 - 0.4 * s, 1 + 0.4 * s),
-        "hue": uniform(-0.1 * s, 0.1 * s),
+        "rotation": uniform(-policy.rotation_degrees, policy.rotation_degrees),
+        "brightness": uniform(1 - policy.brightness, 1 + policy.brightness),
+        "contrast": uniform(1 - policy.contrast, 1 + policy.contrast),
+        "saturation": uniform(1 - policy.saturation, 1 + policy.saturation),
+        "hue": uniform(-policy.hue, policy.hue),
         "op": torch.randint(len(RANDAUGMENT_OPS), (n, ops), generator=generator),
         "sign": torch.where(torch.rand(n, ops, generator=generator) < 0.5, -1.0, 1.0),
     }

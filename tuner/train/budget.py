@@ -101,6 +101,6 @@ def trial_plan(budget: SearchBudget, epoch_steps: int, *, head_only: bool) -> Tr
     return TrialPlan(round_epochs, rounds, rounds * round_epochs * epoch_steps, per_budget_step)
 
 
-def ran_whole_budget(spent: int | None, budget: SearchBudget) -> bool:
+def ran_whole_budget(spent: int | None, budget_steps: int) -> bool:
     """Whether a trial that reported `spent` budget steps last ran all of it (else ASHA or the time budget stopped it)."""
-    return spent is not None and spent >= budget.steps
+    return spent is not None and spent >= budget_steps

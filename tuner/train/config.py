@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .checks import Bounds, check_value, is_optional, scalar_type
 
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # Backbone stages from the input upwards; `unfreeze_depth` counts them from the top (layer4).
@@ -60,7 +60,9 @@ class TrainConfig:
     gamma: float = 0.1
     # --- data ---
     image_size: int = 224  # ImageNet's training size; smaller is much faster, less accurate
-    aug_strength: float = 0.5  # 0 = resize + centre crop only, 1 = strong (see data.crop_transforms and augment.BatchAugment)
+    # 0 = resize + centre crop only, 1 = strong; augment_policy.py says what each strength does: the loader
+    # crops and flips (data.crop_transforms), the training device does the rest (augment.BatchAugment).
+    aug_strength: float = 0.5
     batch_size: int = 32  # the seed's batch size
     val_fraction: float = 0.2  # used only when the data has no val/ folder
     # --- the new head ---
@@ -134,30 +136,31 @@ _CHOICES = {
     "metric": tuple(METRICS),
     "head_init": HEAD_INITS,
 }
-# (low, high, low_inclusive, high_inclusive); None = unbounded on that side.
+_NON_NEGATIVE, _POSITIVE = Bounds(0.0), Bounds(0.0, low_inclusive=False)
+_BELOW_ONE = Bounds(0.0, 1.0, high_inclusive=False)
 _RANGES = {
-    "dropout": (0.0, 1.0, True, False),
-    "unfreeze_depth": (0, len(STAGES), True, True),
-    "unfreeze_every": (0, None, True, True),
-    "lr_head": (0.0, None, False, True),
-    "lr_decay": (0.0, None, False, True),
-    "momentum": (0.0, 1.0, True, False),
-    "weight_decay": (0.0, None, True, True),
-    "label_smoothing": (0.0, 1.0, True, False),
-    "warmup_steps": (0, None, True, True),
-    "probe_l2": (0.0, None, False, True),
-    "steps": (1, None, True, True),
-    "step_size": (1, None, True, True),
-    "gamma": (0.0, 1.0, False, True),
-    "image_size": (32, 1024, True, True),
-    "aug_strength": (0.0, 1.0, True, True),
-    "batch_size": (1, None, True, True),
-    "val_fraction": (0.0, 1.0, False, False),
-    "epochs": (1, None, True, True),
-    "seed": (0, None, True, True),
-    "feature_views": (1, 64, True, True),
+    "dropout": _BELOW_ONE,
+    "unfreeze_depth": Bounds(0, len(STAGES)),
+    "unfreeze_every": Bounds(0),
+    "lr_head": _POSITIVE,
+    "lr_decay": _POSITIVE,
+    "momentum": _BELOW_ONE,
+    "weight_decay": _NON_NEGATIVE,
+    "label_smoothing": _BELOW_ONE,
+    "warmup_steps": Bounds(0),
+    "probe_l2": _POSITIVE,
+    "steps": Bounds(1),
+    "step_size": Bounds(1),
+    "gamma": Bounds(0.0, 1.0, low_inclusive=False),
+    "image_size": Bounds(32, 1024),
+    "aug_strength": Bounds(0.0, 1.0),
+    "batch_size": Bounds(1),
+    "val_fraction": Bounds(0.0, 1.0, low_inclusive=False, high_inclusive=False),
+    "epochs": Bounds(1),
+    "seed": Bounds(0),
+    "feature_views": Bounds(1, 64),
 }
-_RANGES.update({f"lr_{stage}": (0.0, None, False, True) for stage in STAGES})
+_RANGES.update({f"lr_{stage}": _POSITIVE for stage in STAGES})
 
 
 def is_better(mode: str, value: float | None, best: float | None) -> bool:
@@ -171,61 +174,30 @@ def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
+def _annotation(name: str) -> str:
+    return {f.name: f.type for f in fields(TrainConfig)}[name]
+
+
 def field_type(name: str) -> type:
     """The scalar type of a field (`float` for `float | None`)."""
-    annotation = {f.name: f.type for f in fields(TrainConfig)}[name]
-    for kind in (bool, int, float, str):
-        if annotation.startswith(kind.__name__):
-            return kind
-    raise AssertionError(f"unhandled annotation {annotation!r} of {name}")
+    return scalar_type(_annotation(name))
 
 
 def _is_optional(name: str) -> bool:
-    return "None" in {f.name: f.type for f in fields(TrainConfig)}[name]
+    return is_optional(_annotation(name))
 
 
-def _describe_range(low, high, low_in, high_in) -> str:
-    parts = []
-    if low is not None:
-        parts.append(f"{'>=' if low_in else '>'} {low}")
-    if high is not None:
-        parts.append(f"{'<=' if high_in else '<'} {high}")
-    return " and ".join(parts)
-
-
-def check_value(name: str, value: Any) -> None:
-    """Raise UserError unless `value` has the right type and range for hyperparameter `name`."""
+def check_hyperparameter(name: str, value: Any) -> Any:
+    """Raise UserError unless `value` has the right type and range for hyperparameter `name`; return it
+    (an int as float for a float field)."""
     if name not in field_names():
         raise UserError(unknown_key_message(name))
-    kind = field_type(name)
-    optional = _is_optional(name)
-    if value is None and optional:
-        return
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise UserError(
-            f"{name} must be {kind.__name__}{' or None' if optional else ''}, but got {value!r}"
-        )
-    if kind is float and not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number, but got {value!r}")
-    if name in _CHOICES and value not in _CHOICES[name]:
-        raise UserError(f"{name}={value!r} is not allowed; choose one of {', '.join(_CHOICES[name])}")
-    if name in _RANGES:
-        low, high, low_in, high_in = _RANGES[name]
-        ok = (low is None or (value >= low if low_in else value > low)) and (
-            high is None or (value <= high if high_in else value < high)
-        )
-        if not ok:
-            raise UserError(f"{name} must be {_describe_range(*_RANGES[name])}, but got {value!r}")
+    return check_value(name, value, _annotation(name), choices=_CHOICES.get(name), bounds=_RANGES.get(name))
 
 
 def validate(config: TrainConfig) -> None:
     for name in field_names():
-        value = getattr(config, name)
-        check_value(name, value)
-        if field_type(name) is float and isinstance(value, int) and value is not None:
-            setattr(config, name, float(value))  # 1 from JSON or --set means 1.0
+        setattr(config, name, check_hyperparameter(name, getattr(config, name)))  # 1 from JSON means 1.0
     if config.nesterov and config.momentum == 0:
         raise UserError("nesterov=True needs momentum > 0, but got momentum=0.0; set momentum=0.9 or nesterov=false")
 

@@ -9,26 +9,13 @@ Accepted layouts (hidden files and folders are ignored):
 A split is stratified and deterministic: per class, file names are sorted, shuffled with
 `random.Random(seed)`, and the first `round(n * val_fraction)` (at least 1 when n >= 2) go to val.
 
-Augmentation has one knob, `aug_strength` s in [0, 1], split between the loader (crop_transforms:
-random crop and flip, per image, uint8) and the training device (augment.BatchAugment: rotation,
-colour jitter and RandAugment, vectorised over the batch):
-
-    s      crop scale      flip   rotation   colour jitter (b, c, s / hue)   RandAugment
-    0      Resize(size*256/224) + CenterCrop(size): the eval transform, no randomness
-    0.25   (0.77, 1)       0.5    +-7.5 deg  0.1 / 0.025                     -
-    0.5    (0.54, 1)       0.5    +-15 deg   0.2 / 0.05                      2 ops, magnitude 5
-    0.75   (0.31, 1)       0.5    +-22.5 deg 0.3 / 0.075                     2 ops, magnitude 7
-    1      (0.08, 1)       0.5    +-30 deg   0.4 / 0.1                       2 ops, magnitude 9
-    in general: scale (1 - 0.92 s, 1), rotation 30 s, jitter 0.4 s / 0.1 s, RandAugment from s >= 0.5
-    with magnitude round(9 s) (halves round up)
+Augmentation has one knob, `aug_strength` s in [0, 1], whose numbers are augment_policy.AugmentPolicy's.
+It is split between the loader (crop_transforms: random crop and flip, per image, uint8) and the
+training device (augment.BatchAugment: rotation, colour jitter and RandAugment, vectorised over the batch).
 
 With the image cache on (`image_cache`, the default) the loader crops from each image as decoded once
 and resized to a shorter side of size*256/224 (cache.decoded_images), not from the full-size file: the
 same pixels for evaluation, slightly softer large zooms for training.
-
-The seed tutorial's augmentation (RandomResizedCrop(224), flip, RandomRotation(15),
-ColorJitter(0.2, 0.2)) is roughly s = 0.5: the same rotation and jitter, but its crops go down to
-8% of the image where s = 0.5 stops at 54%, and it has no RandAugment.
 """
 
 from __future__ import annotations
@@ -46,12 +33,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from .augment_policy import AugmentPolicy
 from .cache import DecodedImages
 from ..errors import DataError, UserError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics the pretrained ResNets were trained with
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLIT_FOLDERS = ("train", "val", "test")
 SHOW_BAD_FILES = 5  # check_data lists this many unreadable files; the rest are counted
 
@@ -437,16 +423,15 @@ def resize_size(image_size: int) -> int:
 def crop_transforms(*, image_size: int, aug_strength: float) -> Callable:
     """PIL image or uint8 tensor -> uint8 tensor (3, image_size, image_size): the loader's share of the work.
 
-    `aug_strength` 0 resizes and centre-crops (the eval transform); above 0 it takes a random crop of
-    scale (1 - 0.92 s, 1) and flips half the images. The rest of the augmentation runs on whole batches
-    on the training device (augment.BatchAugment).
+    `aug_strength` 0 resizes and centre-crops (the eval transform); above 0 it takes a random crop and
+    flips, as AugmentPolicy.from_strength says. The rest of the augmentation runs on whole batches on
+    the training device (augment.BatchAugment).
     """
-    if not 0 <= aug_strength <= 1:
-        raise UserError(f"aug_strength must be >= 0 and <= 1, but got {aug_strength!r}")
-    if aug_strength == 0:
+    policy = AugmentPolicy.from_strength(aug_strength)
+    if policy.crop_scale is None:
         steps = [v2.Resize(resize_size(image_size)), v2.CenterCrop(image_size)]
-    else:  # s=1 crops down to torchvision's 0.08
-        steps = [v2.RandomResizedCrop(image_size, scale=(1 - 0.92 * aug_strength, 1.0)), v2.RandomHorizontalFlip(0.5)]
+    else:
+        steps = [v2.RandomResizedCrop(image_size, scale=policy.crop_scale), v2.RandomHorizontalFlip(policy.flip)]
     return v2.Compose([*steps, v2.ToImage(), v2.ToPureTensor()])
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -23,6 +22,7 @@ from . import cache, data
 from .augment import BatchAugment, normalize
 from .checkpoint import model_payload, save_text, save_torch, write_best
 from .config import METRICS, TrainConfig, is_better
+from .evaluation import autocast, eval_loader, evaluate
 from ..errors import UserError
 from .model import (
     CHECKPOINT_FORMAT,
@@ -144,7 +144,6 @@ class Trainer:
         """uint8 loaders (crop and flip only); `_batch_to_device` does the rest on the device."""
         config = self.config
         crop = data.crop_transforms(image_size=config.image_size, aug_strength=config.aug_strength)
-        center = data.crop_transforms(image_size=config.image_size, aug_strength=0.0)
         self.augment = BatchAugment(aug_strength=config.aug_strength, **self.normalization)
         # Generators reseeded every epoch make shuffling, worker seeds and the batch augmentation a
         # function of (seed, epoch), so a resumed run repeats them exactly.
@@ -154,8 +153,10 @@ class Trainer:
 
         self.train_samples, self.val_samples = splits.train, splits.val
         self.train_loader = self._loader(splits.train, crop, shuffle=True, generator=self.loader_generator)
-        self.val_loader = self._loader(splits.val, center, shuffle=False)
-        self.test_loader = self._loader(splits.test, center, shuffle=False) if splits.test else None
+        # The loaders that evaluation.py reads a saved model's splits with: the same images, batches and order.
+        self.val_loader = eval_loader(splits.val, config, device=self.device, num_workers=num_workers)
+        self.test_loader = (eval_loader(splits.test, config, device=self.device, num_workers=num_workers)
+                            if splits.test else None)
 
     def _loader(self, samples, transform, **kwargs):
         """A uint8 loader over `samples`, reading the node's decoded-image cache when it is on."""
@@ -182,9 +183,7 @@ class Trainer:
         self.depth = depth
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _batch_to_device(self, images: torch.Tensor, labels: torch.Tensor, *, augment: bool):
         """A uint8 batch -> augmented (training) or only normalised float batch on the device."""
@@ -264,26 +263,11 @@ class Trainer:
         """Loss, accuracy (and top-5 with 10+ classes) of the model on `loader`."""
         return self._evaluate(self._image_batches(loader, augment=False), prefix)
 
-    @torch.no_grad()
     def _evaluate(self, batches, prefix: str, head_only: bool = False) -> dict[str, float]:
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        correct5 = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        top5 = len(self.classes) >= 10
-        for inputs, labels in batches:
-            with self._autocast():
-                logits = self.model.fc(inputs) if head_only else self.forward(inputs)
-            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-            correct += (logits.argmax(1) == labels).sum()
-            if top5:
-                correct5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum()
-            seen += labels.numel()
-        metrics = {f"{prefix}_loss": loss_sum.item() / max(seen, 1), f"{prefix}_acc": correct.item() / max(seen, 1)}
-        if top5:
-            metrics[f"{prefix}_top5"] = correct5.item() / max(seen, 1)
-        return metrics
+        self.model.eval()  # the whole model, also when only its head runs on cached features
+        forward = self.model.fc if head_only else self.forward
+        return evaluate(forward, batches, num_classes=len(self.classes), device=self.device, dtype=self.amp_dtype,
+                        prefix=prefix).metrics
 
     def validate(self) -> dict[str, float]:
         """Validation metrics, from cached features when the backbone is frozen."""
