@@ -70,12 +70,12 @@ try:
 except ImportError:  # not installed: run from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tuner.errors import UserError
 from tuner.train import data
 from tuner.train.config import SEED_RECIPE, make_config
 from tuner.train.demo_data import write_demo_data
 from tuner.train.engine import Trainer, resolve_device
 from tuner.train.precision import cpu_has_native_bf16, cpu_model, describe_machine
-from tuner.errors import UserError
 
 BATCH_SIZE = 32  # the seed's batch size
 IMAGENET_MEAN = [0.485, 0.456, 0.406]  # the tutorial's Normalize

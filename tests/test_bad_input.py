@@ -28,9 +28,9 @@ import pytest
 import torch
 
 from tuner.__main__ import main
+from tuner.search.settings import RunSettings
 from tuner.train.budget import search_budget
 from tuner.train.demo_data import write_demo_data
-from tuner.search.settings import RunSettings
 
 pytestmark = pytest.mark.slow
 

@@ -3,9 +3,17 @@
 import pytest
 from ray.tune.schedulers import ASHAScheduler
 
-from tuner.train.budget import (HEAD_ONLY_STEPS, MAX_PASSES, ROUNDS, SearchBudget, default_steps, ran_whole_budget,
-                          search_budget, trial_plan)
 from tuner.report.page import _rungs
+from tuner.train.budget import (
+    HEAD_ONLY_STEPS,
+    MAX_PASSES,
+    ROUNDS,
+    SearchBudget,
+    default_steps,
+    ran_whole_budget,
+    search_budget,
+    trial_plan,
+)
 
 
 @pytest.mark.parametrize(("images", "batch", "steps"), [

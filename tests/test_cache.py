@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tuner.train import cache, data
 from tuner.__main__ import main
+from tuner.train import cache, data
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer
 

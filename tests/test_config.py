@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from tuner.train.config import SEED_RECIPE, TrainConfig, load_config_file, make_config, parse_assignments
 from tuner.errors import UserError
+from tuner.train.config import SEED_RECIPE, TrainConfig, load_config_file, make_config, parse_assignments
 
 
 def test_defaults_are_valid_and_round_trip_through_dict():

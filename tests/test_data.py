@@ -3,6 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tuner.errors import DataError, UserError
 from tuner.train.data import (
     check_data,
     crop_transforms,
@@ -12,7 +13,6 @@ from tuner.train.data import (
     make_loader,
     verify_images,
 )
-from tuner.errors import DataError, UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # realistic statistics; training takes them from the weights' metadata
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tuner.train.demo_data import CLASSES, SIZE_RANGE, TRANSFER_CLASSES, write_demo_data
 from tuner.errors import DataError, UserError
+from tuner.train.demo_data import CLASSES, SIZE_RANGE, TRANSFER_CLASSES, write_demo_data
 
 SMALL = dict(train_per_class=3, val_per_class=2, test_per_class=1)
 

@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
+from tuner.errors import UserError
+from tuner.serve.export import export_model, read_metadata
+from tuner.serve.predict import Predictor
 from tuner.train import data
 from tuner.train.config import make_config
 from tuner.train.demo_data import write_demo_data
 from tuner.train.engine import Trainer, fit
-from tuner.errors import UserError
-from tuner.serve.export import export_model, read_metadata
-from tuner.serve.predict import Predictor
 
 # A serving script that knows only torch/onnxruntime, PIL and torchvision: it takes the preprocessing
 # from the file's own metadata and prints one row of probabilities per image (argv: fmt, model, images).

@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tuner.search.settings import RunSettings
+from tuner.search.trainable import TRAINER_STATE, resume_state
+from tuner.testing.faults import parse_faults
 from tuner.train import data
 from tuner.train.checkpoint import CHECKSUM_SUFFIX, CorruptCheckpoint, load_torch, save_torch
 from tuner.train.demo_data import write_demo_data
 from tuner.train.model import CHECKPOINT_FORMAT
-from tuner.search.settings import RunSettings
-from tuner.testing.faults import parse_faults
-from tuner.search.trainable import TRAINER_STATE, resume_state
 
 # One trial per fault, fixed by START in this order; each fault picks its trial by lr_head.
 SPACE = """

@@ -4,11 +4,11 @@ import pytest
 import torch
 import torchvision
 
+from tuner.errors import UserError
 from tuner.train import data
 from tuner.train.checkpoint import load_torch, save_torch
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer, fit
-from tuner.errors import UserError
 from tuner.train.model import full_model_state, trained_keys
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from tuner.train.config import STAGES, make_config
 from tuner.errors import UserError
+from tuner.train.config import STAGES, make_config
 from tuner.train.model import (
     CHECKPOINT_FORMAT,
     build_model,

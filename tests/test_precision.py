@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
+from tuner.errors import UserError
 from tuner.train import data
 from tuner.train.cache import cache_root
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer
-from tuner.errors import UserError
 from tuner.train.model import build_model
 from tuner.train.precision import choose_compute, cpu_bf16_units, describe_machine, probe_key
 

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tuner.train import data
 from tuner.errors import UserError
 from tuner.report.analysis import best_model_analysis
 from tuner.report.importance import param_importances
 from tuner.report.page import summary_lines, write_report
 from tuner.report.run import open_run
+from tuner.train import data
 
 FIGURES = ("best_so_far.png", "learning_curves.png", "importance.png", "hyperparameters.png", "parallel.png",
            "confusion.png", "per_class.png", "misclassified.png")

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tuner.search.results import evaluate_payload
 from tuner.train import cache, data
 from tuner.train.checkpoint import load_checkpoint
-from tuner.search.results import evaluate_payload
 
 pytestmark = pytest.mark.slow
 

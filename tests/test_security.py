@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuner.train.checkpoint import load_checkpoint
 from tuner.errors import UserError
 from tuner.search.trainable import TRAINER_STATE, load_trainer_state
+from tuner.train.checkpoint import load_checkpoint
 
 
 class _Bomb:

@@ -146,8 +146,8 @@ def _add_runtime_options(parser: argparse.ArgumentParser, device: bool = True, s
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import data
     from .search.settings import check_setting
+    from .train import data
     from .train.engine import Diverged, Trainer, fit
 
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -230,8 +230,8 @@ class _EpochTable:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .train.config import parse_assignments
     from .search.driver import run_search
+    from .train.config import parse_assignments
 
     flags = {item.name: getattr(args, item.name) for item in _flagged_settings()}  # None: not given
     run_search(args.space, flags, parse_assignments(args.set))

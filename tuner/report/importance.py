@@ -13,9 +13,9 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import figures
 from ..errors import first_line
 from ..search.run_files import STUDY_FILE
+from . import figures
 from .run import RunData, ranked
 
 

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import figures
 from ..errors import first_line
 from ..search.outcomes import has_result, hyperparameter_columns
 from ..search.storage import is_uri
 from ..train.budget import SearchBudget
+from . import figures
 from .analysis import NotAvailable, best_model_analysis
 from .importance import param_importances
 from .run import RunData, counts, open_run, problems, ranked, weights_text

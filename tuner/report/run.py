@@ -35,7 +35,6 @@ from ..search.storage import filesystem, is_uri
 from ..train.budget import SearchBudget
 from ..train.config import METRICS
 
-
 # --- reading a run -------------------------------------------------------------------------------
 
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError, first_line
 from ..train import data
 from ..train.budget import SearchBudget, search_budget
 from ..train.cache import cache_root
 from ..train.checkpoint import save_json
 from ..train.config import field_names, is_better, make_config
-from ..errors import UserError, first_line
 from ..train.model import build_model, imagenet_cache_path
 from ..train.precision import ComputeChoice, choose_compute
 from .outcomes import spent_whole_budget

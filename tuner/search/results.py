@@ -11,14 +11,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ..errors import first_line
+from ..testing.faults import fault_point
 from ..train import data
 from ..train.budget import SearchBudget
 from ..train.checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
 from ..train.config import METRICS
 from ..train.engine import resolve_device
 from ..train.evaluation import load_trained
-from ..errors import first_line
-from ..testing.faults import fault_point
 from ..train.model import full_model_state
 from . import outcomes
 from .outcomes import RAY_COLUMNS

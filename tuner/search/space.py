@@ -14,14 +14,15 @@ import difflib
 import importlib.resources
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
-from ..train.config import field_names, make_config, unknown_key_message
 from ..errors import UserError
+from ..train.config import field_names, make_config, unknown_key_message
 from .settings import new_names, renamed_note, space_file_names, with_new_names
 
 # The shipped spaces are package data (tuner/search/spaces/), so a wheel install has them too.

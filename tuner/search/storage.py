@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from ..train.cache import cache_root, node_lock
 from ..errors import UserError
+from ..train.cache import cache_root, node_lock
 
 _COMPLETE = ".tuner-complete"  # written last: a folder without it is an interrupted fetch
 

@@ -26,12 +26,12 @@ import ray
 import torch
 from ray import tune
 
+from ..testing.faults import fault_hook, fault_point
 from ..train import data
 from ..train.budget import SearchBudget, TrialPlan, steps_per_epoch, trial_plan
 from ..train.checkpoint import CorruptCheckpoint, load_torch, save_torch
 from ..train.config import TrainConfig, make_config
 from ..train.engine import Diverged, Trainer
-from ..testing.faults import fault_hook, fault_point
 from ..train.model import CHECKPOINT_FORMAT
 from .storage import local_data
 

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError, first_line
 from ..train import data
 from ..train.checkpoint import atomic_write, load_checkpoint
-from ..errors import UserError, first_line
 from ..train.evaluation import load_trained
 
 FORMATS = ("torchscript", "onnx")

@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import UserError
 from ..train import data
 from ..train.checkpoint import load_checkpoint
 from ..train.engine import resolve_device
 from ..train.evaluation import load_trained
-from ..errors import UserError
 
 
 class Predictor:

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..errors import UserError
 from . import cache, data
 from .augment import BatchAugment, normalize
 from .checkpoint import model_payload, save_text, save_torch, write_best
 from .config import METRICS, TrainConfig, is_better
 from .evaluation import autocast, eval_loader, evaluate
-from ..errors import UserError
 from .model import (
     CHECKPOINT_FORMAT,
     apply_trained_state,

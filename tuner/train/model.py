@@ -19,8 +19,8 @@ from torch import nn
 from torchvision.models import get_model_weights
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from .config import MODELS, STAGES, TrainConfig
 from ..errors import UserError, first_line
+from .config import MODELS, STAGES, TrainConfig
 
 _ARCHITECTURES = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),

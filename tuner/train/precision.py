@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from . import cache
 from .checkpoint import save_json
 from .config import TrainConfig
-from ..errors import UserError
 from .model import set_trained_depth
 
 PROBE_FORMAT = "tuner.compute-probe/1"  # bump when what the probe measures changes
