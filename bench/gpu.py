@@ -380,17 +380,25 @@ def goal_lines(seeds: list[Result], ours: list[Result]) -> list[str]:
 # --- main --------------------------------------------------------------------------------------
 
 
+def _failure(err: Exception) -> str:
+    """A failed variant's error in one short line: its type and the first line of its message."""
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Full fine-tuning images/s of tuner's Trainer vs the seed loop on one GPU (see the module docstring).",
+        description="Full fine-tuning images/s of tuner's Trainer vs the seed loop on one GPU "
+                    "(see the module docstring).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for a smoke test")
     parser.add_argument("--image-size", type=int, default=224, help="training image size in px")
     parser.add_argument("--batch-size", type=int, default=128, help="ours' batch size (and the seed loop's second run)")
     parser.add_argument("--seed-batch-size", type=int, default=SEED_BATCH, help="the seed loop's own batch size")
-    parser.add_argument("--batches", type=int, default=32, help="batches of ours per timed epoch (seed: as many images)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed epochs per variant after the warm-up; medians are shown")
+    parser.add_argument("--batches", type=int, default=32,
+                        help="batches of ours per timed epoch (seed: as many images)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="timed epochs per variant after the warm-up; medians are shown")
     parser.add_argument("--workers", type=int, default=None,
                         help="loader workers, both sides (None: the Trainer's default for the device)")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
@@ -443,14 +451,15 @@ def run(args, device: torch.device, folder: Path) -> dict:
             model_only["compiled"] = measure_model_only(args, trainer, device)
             del trainer
         except Exception as err:  # noqa: BLE001  (a one-shot run must still print the other figures)
-            progress(start, f"1. ours compiled: FAILED ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]})")
+            progress(start, f"1. ours compiled: FAILED ({_failure(err)})")
         progress(start, f"1. seed loop compiled, batch {args.seed_batch_size}")
         try:
             seeds.append(measure_seed(args, splits, device, args.seed_batch_size, compile_model=True))
         except Exception as err:  # noqa: BLE001  (as above)
-            progress(start, f"1. seed loop compiled: FAILED ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]})")
+            progress(start, f"1. seed loop compiled: FAILED ({_failure(err)})")
     else:
-        progress(start, "1. compiled variants: skipped (torch.compile of ResNet-50 takes minutes on a CPU; --compile on forces it)")
+        progress(start, "1. compiled variants: skipped (torch.compile of ResNet-50 takes minutes on a CPU; "
+                        "--compile on forces it)")
 
     progress(start, "done")
     print("\n1. full fine-tuning, training images/s (data loading included)")

@@ -17,6 +17,7 @@ Every run also prints its trial turnover. Run from the repository root on an idl
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -75,7 +76,7 @@ def median_turnover(epochs: list[dict]) -> float:
         first = row["first_step_at"] if row["first_step_at"] is not None else float("inf")
         spans[row["trial_id"]] = (min(start, first), max(end, row["reported_at"]))
     ordered = sorted(spans.values())
-    gaps = [later[0] - earlier[1] for earlier, later in zip(ordered, ordered[1:])]
+    gaps = [later[0] - earlier[1] for earlier, later in itertools.pairwise(ordered)]
     return statistics.median(gaps) if gaps else float("nan")
 
 

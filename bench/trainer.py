@@ -347,7 +347,8 @@ def compare_loaders(splits, size: int, args, photo_folder: Path | None = None) -
         rate = statistics.median(values)
         line = f"  {name:<52}{rate:>8.0f}   x{rate / base:.2f} vs seed"
         if name.startswith("ours, cache"):
-            uncached_rate = statistics.median(rates[name.replace("ours, cache: decoded once", "ours, no cache: PIL decode")])
+            uncached = name.replace("ours, cache: decoded once", "ours, no cache: PIL decode")
+            uncached_rate = statistics.median(rates[uncached])
             line += f"   x{rate / uncached_rate:.2f} vs no cache"
         print(line)
 
@@ -437,6 +438,7 @@ def seed_program(data_dir: Path, size: int, epochs: int) -> dict:
         accuracy = seed_val_acc(model, val, device)
         if accuracy > best_acc:
             best_acc, best_weights = accuracy, {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_weights)  # as the tutorial ends: its best weights back in the model
     return {"val_acc": best_acc}
 
 
@@ -470,8 +472,9 @@ def compare_processes(data_dir: Path, args) -> None:
             compute = next((line for line in ours_out.splitlines() if line.startswith("compute:")), "compute: ?")
             ours_acc = json.loads((out / "best" / "metrics.json").read_text())["val_acc"]
             label = "warm-up" if round_ == 0 else f"pair {round_}"
+            seed_acc = json.loads(seed_out.splitlines()[-1])["val_acc"]
             print(f"  {label}: tuner train {ours_s:6.1f} s (val_acc {ours_acc:.3f}), seed {seed_s:6.1f} s "
-                  f"(val_acc {json.loads(seed_out.splitlines()[-1])['val_acc']:.3f}), seed / tuner {seed_s / ours_s:.2f}"
+                  f"(val_acc {seed_acc:.3f}), seed / tuner {seed_s / ours_s:.2f}"
                   f"; {compute}", flush=True)
             if round_:
                 ratios.append(seed_s / ours_s)
@@ -495,7 +498,8 @@ def machine_lines(device: torch.device) -> list[str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [
         f"machine: {describe_machine(device)}",
-        f"cpu: {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), torch threads {torch.get_num_threads()}",
+        f"cpu: {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), "
+        f"torch threads {torch.get_num_threads()}",
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, python {platform.python_version()}",
         f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
     ]
@@ -506,9 +510,10 @@ def machine_lines(device: torch.device) -> list[str]:
 
 def summary_table(results: list[dict]) -> list[str]:
     rows = [f"machine: {describe_machine()}",
-            "size  seed img/s  ours img/s  ratio  min cpu share  ours computes in  (medians over rounds; per-round ratios)"]
+            "size  seed img/s  ours img/s  ratio  min cpu share  ours computes in  "
+            "(medians over rounds; per-round ratios)"]
     for r in results:
-        ratios = [o / s for s, o in zip(r["seed"], r["ours"])]
+        ratios = [o / s for s, o in zip(r["seed"], r["ours"], strict=True)]
         rows.append(
             f"{r['size']:<4}  {statistics.median(r['seed']):>10.1f}  {statistics.median(r['ours']):>10.1f}"
             f"  {statistics.median(ratios):>5.2f}  {r['min_share']:>13.2f}  {r['compute']:<16}"
@@ -537,7 +542,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="DataLoader workers, the same for both sides (0: the cores go to the model)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N; the same for both sides")
     parser.add_argument("--accuracy-epochs", type=int, default=0,
-                        help=f"also train each side N full epochs at {ACCURACY_SIZE} px and compare val accuracy; 0 skips it")
+                        help=f"also train each side N full epochs at {ACCURACY_SIZE} px and compare val accuracy; "
+                             "0 skips it")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile our model (the first warm-up batch then takes a minute or more)")
     parser.add_argument("--freeze-seed-stem", action="store_true",
@@ -551,11 +557,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"peak RSS of one CPU trial of ours, fp32 vs bf16 at {MEMORY_SIZE} px "
                              "(about 1.5 minutes on 2 cores); on: after the speed rounds, only: instead of them")
     parser.add_argument("--memory-steps", type=int, default=2,
-                        help="training steps of the memory check (from the second on, Adam's state is held through the step)")
+                        help="training steps of the memory check (from the second on, Adam's state is held "
+                             "through the step)")
     parser.add_argument("--memory-child", choices=MEMORY_PRECISIONS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--process", action="store_true",
                         help="instead of the rounds above: whole `tuner train` processes against the seed "
-                             f"tutorial's program, on {PROCESS_IMAGES_PER_CLASS} training images a class of the demo data")
+                             f"tutorial's program, on {PROCESS_IMAGES_PER_CLASS} training images a class of the "
+                             "demo data")
     parser.add_argument("--process-size", type=int, default=64, help="image size of --process")
     parser.add_argument("--process-epochs", type=int, default=2, help="epochs of --process")
     parser.add_argument("--process-precision", default="auto", help="tuner train's precision in --process")
@@ -590,7 +598,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
           f"{', torch.compile' if args.compile else ''}; seed: fp32, NCHW; workers {args.workers}; "
           f"seed stem {'frozen' if args.freeze_seed_stem else 'trainable (as in the tutorial)'}\n", flush=True)
     results = []
-    for size, batches in zip(args.sizes, args.batches):
+    for size, batches in zip(args.sizes, args.batches, strict=True):
         print(f"{size} px: {args.rounds} rounds of {batches} batches x {BATCH_SIZE} images per side", flush=True)
         results.append(measure_size(splits, size, batches, args))
     if results:

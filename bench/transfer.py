@@ -104,7 +104,7 @@ def pooled_features(model: nn.Module, samples) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     loader = torch.utils.data.DataLoader(
         [(seed_eval_transform(IMAGE_SIZE)(_image(p)), y) for p, y in samples], batch_size=64)
-    xs, ys = zip(*[(model(x).numpy(), y.numpy()) for x, y in loader])
+    xs, ys = zip(*[(model(x).numpy(), y.numpy()) for x, y in loader], strict=True)
     model.fc = head
     return np.concatenate(xs), np.concatenate(ys)
 
@@ -187,7 +187,7 @@ def first_rung_spearman(epochs: list[dict], grace: int) -> tuple[float, int] | N
         return None
     from scipy.stats import spearmanr
 
-    return float(spearmanr(*zip(*pairs)).statistic), len(pairs)
+    return float(spearmanr(*zip(*pairs, strict=True)).statistic), len(pairs)
 
 
 def main() -> None:

@@ -98,7 +98,7 @@ def splits(demo_root):
 
 def test_image_cache_gives_the_same_validation_batches(splits):
     cached, uncached = Trainer(tiny(), splits), Trainer(tiny(image_cache=False), splits)
-    for (a, la), (b, lb) in zip(cached.val_loader, uncached.val_loader):
+    for (a, la), (b, lb) in zip(cached.val_loader, uncached.val_loader, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)
 
 

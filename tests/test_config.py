@@ -50,7 +50,8 @@ def test_int_given_for_float_field_becomes_float():
 
 
 def test_parse_assignments_types_values_by_field():
-    values = parse_assignments(["lr_head=0.01", "unfreeze_depth=3", "nesterov=true", "lr_layer4=none", "model=resnet18"])
+    values = parse_assignments(
+        ["lr_head=0.01", "unfreeze_depth=3", "nesterov=true", "lr_layer4=none", "model=resnet18"])
     assert values == {"lr_head": 0.01, "unfreeze_depth": 3, "nesterov": True, "lr_layer4": None, "model": "resnet18"}
 
 

@@ -111,7 +111,8 @@ def test_a_running_report_and_the_finished_table_agree_on_a_trials_row(tmp_path)
 def test_a_trial_row_before_the_first_report():
     row = trial_row("a", {}, [], status="running", error=None, metric="val_acc", mode="max")
     assert list(row) == list(TRIAL_COLUMNS)
-    assert (row["epochs_run"], row["steps"], row["best_epoch"], row["val_acc"], row["warning"]) == (0, 0, None, None, None)
+    assert (row["epochs_run"], row["steps"], row["best_epoch"], row["val_acc"], row["warning"]) == (
+        0, 0, None, None, None)
 
 
 def test_the_divergence_text_is_the_trainers():

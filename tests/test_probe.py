@@ -27,7 +27,7 @@ def features(splits):
     trainer = Trainer(probe_config(), splits)
     banks = [trainer._feature_bank(samples, 0.0, 1) for samples in (trainer.train_samples, trainer.val_samples)]
     labels = [torch.tensor([label for _, label in samples]) for samples in (splits.train, splits.val)]
-    return [(torch.from_numpy(np.array(bank.array[:, 0])), y) for bank, y in zip(banks, labels)]
+    return [(torch.from_numpy(np.array(bank.array[:, 0])), y) for bank, y in zip(banks, labels, strict=True)]
 
 
 def accuracy(weight, bias, x, y):

@@ -70,7 +70,7 @@ class _Page(HTMLParser):
 
     def table(self) -> list[dict[str, str]]:
         header, *body = self.rows
-        return [dict(zip(header, row)) for row in body]
+        return [dict(zip(header, row, strict=True)) for row in body]
 
 
 def _page(html_path: Path) -> _Page:
@@ -329,7 +329,8 @@ def _problem_epochs() -> dict[str, list[dict]]:
 def _problem_trials() -> list[dict]:
     def row(trial_id, status, epochs, best_epoch, val_acc, lr, error=None, warning=None):
         return {"trial_id": trial_id, "status": status, "epochs_run": epochs, "steps": epochs, "budget_steps": epochs,
-                "stopped_early": status == "stopped_early", "best_epoch": best_epoch, "best_step": best_epoch, "val_acc": val_acc, "val_loss": None if val_acc is None else 1 - val_acc,
+                "stopped_early": status == "stopped_early", "best_epoch": best_epoch, "best_step": best_epoch,
+                "val_acc": val_acc, "val_loss": None if val_acc is None else 1 - val_acc,
                 "seconds": 60.0 * epochs, "node": "n", "error": error, "warning": warning,
                 "lr_head": lr, "aug_strength": lr * 10}
 

@@ -39,7 +39,8 @@ def test_every_trial_has_a_row_with_its_hyperparameters(finished):
     trials = pq.read_table(run / "trials.parquet").to_pylist()
     assert len(trials) == 6
     assert {"trial_id", "status", "epochs_run", "steps", "budget_steps", "stopped_early", "val_acc", "val_loss",
-            "best_step", "best_epoch", "seconds", "unfreeze_depth", "lr_head", "lr_layer4", "lr_layer3", "aug_strength"} <= set(trials[0])
+            "best_step", "best_epoch", "seconds", "unfreeze_depth", "lr_head", "lr_layer4", "lr_layer3",
+            "aug_strength"} <= set(trials[0])
     for row in trials:  # a frozen stage has no learning rate
         assert (row["lr_layer4"] is None) == (row["unfreeze_depth"] < 1)
         assert (row["lr_layer3"] is None) == (row["unfreeze_depth"] < 2)
@@ -127,7 +128,8 @@ def test_only_the_best_trial_keeps_its_checkpoints_when_the_search_ends(finished
     shutil.copytree(run, copy)
     result = subprocess.run(tuner_command("resume", str(copy)), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert json.loads((copy / "best" / "metrics.json").read_text()) == json.loads((run / "best" / "metrics.json").read_text())
+    best_metrics = [json.loads((folder / "best" / "metrics.json").read_text()) for folder in (copy, run)]
+    assert best_metrics[0] == best_metrics[1]
     rows = [sorted(pq.read_table(folder / "trials.parquet").to_pylist(), key=lambda r: r["trial_id"])
             for folder in (copy, run)]
     assert rows[0] == rows[1]  # the same trials, nothing re-run (Ray may list them in another order)

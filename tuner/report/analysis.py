@@ -59,9 +59,10 @@ def best_model_analysis(run: RunData, *, mistakes: int = 12, device: str = "cpu"
     labels = [label for _, label in splits.val]
     n = len(splits.classes)
     matrix = [[0] * n for _ in range(n)]
-    for true, guess in zip(labels, predicted.tolist()):
+    guesses = predicted.tolist()
+    for true, guess in zip(labels, guesses, strict=True):
         matrix[true][guess] += 1
-    wrong = sorted((i for i, (t, p) in enumerate(zip(labels, predicted.tolist())) if t != p),
+    wrong = sorted((i for i, (t, p) in enumerate(zip(labels, guesses, strict=True)) if t != p),
                    key=lambda i: -float(confidence[i]))
     metrics_file = run.fetch("best/metrics.json")
     metrics = json.loads(metrics_file.read_text()) if metrics_file else {}

@@ -83,7 +83,7 @@ def learning_curves(curves: dict[str, tuple[str, list[int], list[float]]], metri
     """
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for status, epochs, values in curves.values():
-        shown = [(e, v) for e, v in zip(epochs, values) if _finite(v)]
+        shown = [(e, v) for e, v in zip(epochs, values, strict=True) if _finite(v)]
         if not shown:
             continue
         color = STATUS_COLORS.get(status, _OTHER_COLOR)
@@ -118,7 +118,7 @@ def metric_by_hyperparameter(trials: list[dict], names: list[str], metric: str, 
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):  # the grid may have spare cells
         shown = [t for t in trials if t.get(name) is not None and _finite(t.get(metric))]
         values = [t[name] for t in shown]
         colors = [STATUS_COLORS.get(t["status"], _OTHER_COLOR) for t in shown]
@@ -157,7 +157,7 @@ def parallel_coordinates(trials: list[dict], names: list[str], metric: str, path
     values = [t[metric] for t in trials]
     norm = Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1e-9)
     cmap = plt.get_cmap("viridis")
-    for i, trial in enumerate(trials):
+    for i in range(len(trials)):
         # A hyperparameter the trial does not have (a frozen stage's rate) sits at the "not used" level.
         ys = [_NOT_USED if math.isnan(scaled[n][i]) else scaled[n][i] for n in axes_names]
         ax.plot(range(len(axes_names)), ys, color=cmap(norm(values[i])), marker="o", markersize=3,
@@ -233,7 +233,7 @@ def misclassified_grid(mistakes: list[dict], path: Path) -> None:
     cols = min(4, len(mistakes))
     rows = math.ceil(len(mistakes) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows + 0.4), squeeze=False)
-    for ax, mistake in zip(axes.flat, mistakes):
+    for ax, mistake in zip(axes.flat, mistakes, strict=False):  # the grid may have spare cells
         with Image.open(mistake["path"]) as image:
             ax.imshow(image.convert("RGB"))
         ax.set_title(f"{mistake['true']} -> {mistake['predicted']}\np={mistake['probability']:.2f}", fontsize=8)

@@ -159,11 +159,12 @@ def drop_finished_checkpoints(grid, rows: list[dict[str, Any]], keep: str | None
     for result in grid:
         if Path(result.path).name.removeprefix("trial_") not in finished:
             continue
-        folders = [entry for entry in result.filesystem.get_file_info(pafs.FileSelector(result.path, allow_not_found=True))
+        fs = result.filesystem
+        folders = [entry for entry in fs.get_file_info(pafs.FileSelector(result.path, allow_not_found=True))
                    if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_")]
         for entry in folders:
-            freed += sum(f.size or 0 for f in result.filesystem.get_file_info(pafs.FileSelector(entry.path, recursive=True)))
-            result.filesystem.delete_dir(entry.path)
+            freed += sum(f.size or 0 for f in fs.get_file_info(pafs.FileSelector(entry.path, recursive=True)))
+            fs.delete_dir(entry.path)
         trials += bool(folders)
     return trials, freed
 

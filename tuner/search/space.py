@@ -94,7 +94,8 @@ def load_space(name_or_path: str) -> SearchSpace:
                         f"with def space(trial) (see the shipped spaces in tuner/search/spaces/)")
     module = _import(path)
     if not callable(getattr(module, "space", None)):
-        raise UserError(f"space file {str(path)!r} defines no function space(trial); add one (see the shipped spaces in tuner/search/spaces/)")
+        raise UserError(f"space file {str(path)!r} defines no function space(trial); add one "
+                        f"(see the shipped spaces in tuner/search/spaces/)")
     return SearchSpace(name=path.stem, path=path.resolve(), settings=_checked_settings(module, path),
                        start=_checked_start(module, path))
 

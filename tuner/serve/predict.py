@@ -35,8 +35,8 @@ class Predictor:
         probs = self.probabilities(paths)
         values, indices = probs.topk(min(top_k, len(self.classes)), dim=1)
         return [
-            [(self.classes[i], float(v)) for v, i in zip(row_v, row_i)]
-            for row_v, row_i in zip(values.tolist(), indices.tolist())
+            [(self.classes[i], float(v)) for v, i in zip(row_v, row_i, strict=True)]
+            for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True)
         ]
 
 

@@ -7,9 +7,9 @@ one trial's rounds. Budgets count optimizer steps, not epochs: with 100 images a
 
 A trial reports once per round (whole epochs worth ASHA's first rung, a ninth of the budget unless
 --grace-period says otherwise; at least one epoch), and ASHA decides at rounds too: its rungs are in
-budget steps, grace x reduction_factor^k. A budget step is one optimizer step of a trial that runs the backbone; a trial that trains only
-the head on cached features takes HEAD_ONLY_STEPS optimizer steps per budget step, because such a step
-costs about a thousandth of a backbone step (0.3 ms against 350 ms, ResNet-50 at 32 px on one core), so
+budget steps, grace x reduction_factor^k. A budget step is one optimizer step of a trial that runs the
+backbone; a trial that trains only the head on cached features takes HEAD_ONLY_STEPS optimizer steps
+per budget step, because such a step costs about a thousandth of a backbone step (0.3 ms against 350 ms, ResNet-50 at 32 px on one core), so
 equal budgets are roughly equal compute and a head-only trial's budget buys a converged head.
 """
 
@@ -102,5 +102,6 @@ def trial_plan(budget: SearchBudget, epoch_steps: int, *, head_only: bool) -> Tr
 
 
 def ran_whole_budget(spent: int | None, budget_steps: int) -> bool:
-    """Whether a trial that reported `spent` budget steps last ran all of it (else ASHA or the time budget stopped it)."""
+    """Whether a trial whose last report spent `spent` budget steps ran all of them (else ASHA or the time
+    budget stopped it)."""
     return spent is not None and spent >= budget_steps

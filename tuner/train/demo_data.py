@@ -254,8 +254,8 @@ def _star(rng, width, height, cx, cy, radius):
 
 def _hexagon(rng, width, height, cx, cy, radius):
     start = rng.uniform(0, 60)
-    corners = [(cx + radius * math.cos(math.radians(start + 60 * k)), cy + radius * math.sin(math.radians(start + 60 * k)))
-               for k in range(6)]
+    angles = [math.radians(start + 60 * k) for k in range(6)]
+    corners = [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in angles]
     return _polygon_mask(width, height, corners)
 
 
