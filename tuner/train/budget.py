@@ -9,8 +9,9 @@ A trial reports once per round (whole epochs worth ASHA's first rung, a ninth of
 --grace-period says otherwise; at least one epoch), and ASHA decides at rounds too: its rungs are in
 budget steps, grace x reduction_factor^k. A budget step is one optimizer step of a trial that runs the
 backbone; a trial that trains only the head on cached features takes HEAD_ONLY_STEPS optimizer steps
-per budget step, because such a step costs about a thousandth of a backbone step (0.3 ms against 350 ms, ResNet-50 at 32 px on one core), so
-equal budgets are roughly equal compute and a head-only trial's budget buys a converged head.
+per budget step, because such a step costs about a thousandth of a backbone step (0.3 ms against 350 ms,
+ResNet-50 at 32 px on one core), so equal budgets are roughly equal compute and a head-only trial's budget
+buys a converged head.
 """
 
 from __future__ import annotations
