@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,7 @@ from PIL import Image
 
 from tuner.errors import DataError, UserError
 from tuner.train.data import (
+    IMAGE_EXTENSIONS,
     check_data,
     crop_transforms,
     eval_transforms,
@@ -122,21 +125,49 @@ def test_truncated_image_is_unreadable(tmp_path):
         load_splits(tmp_path)
 
 
-def test_non_image_file_is_listed_then_refused(tmp_path):
+def test_non_image_files_are_skipped_with_one_summary_warning(tmp_path, capsys):
     _train_val(tmp_path)
+    (tmp_path / "train" / "cat" / "GT-00000.csv").write_text("Filename;ClassId\n")
     (tmp_path / "val" / "dog" / "notes.txt").write_text("hello")
-    assert find_splits(tmp_path).bad_files[0][1] == "not an image file (.txt)"
-    with pytest.raises(DataError, match=r"val/dog/notes.txt \(not an image file \(.txt\)\)"):
-        load_splits(tmp_path)
+    (tmp_path / "val" / "dog" / "README").write_text("no extension")
+    splits = load_splits(tmp_path)  # no --skip-bad-images needed: they are not images, not bad images
+    assert splits.bad_files == [] and splits.dropped == 0 and (len(splits.train), len(splits.val)) == (6, 2)
+    assert sorted(Path(p).name for p in splits.skipped) == ["GT-00000.csv", "README", "notes.txt"]
+    assert capsys.readouterr().err == "warning: skipped 3 non-image files, e.g. train/cat/GT-00000.csv\n"
 
 
-def test_skip_bad_images_drops_and_counts_them(tmp_path):
+def test_no_warning_when_nothing_is_skipped(tmp_path, capsys):
+    _train_val(tmp_path)
+    (tmp_path / "train" / "cat" / ".DS_Store").write_bytes(b"junk")  # hidden: ignored, not counted
+    assert load_splits(tmp_path).skipped == []
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("suffix, mode", [(".ppm", "RGB"), (".pgm", "L"), (".gif", "P"), (".webp", "RGB"),
+                                          (".PPM", "RGB")])
+def test_torchvision_image_extensions_and_gif_are_images(tmp_path, suffix, mode):
+    _train_val(tmp_path)
+    path = tmp_path / "train" / "cat" / f"sign{suffix}"
+    Image.new(mode, (9, 7)).save(path, format={".ppm": "PPM", ".pgm": "PPM"}.get(suffix.lower()))
+    splits = load_splits(tmp_path)
+    assert (str(path), 0) in splits.train and splits.skipped == []
+
+
+def test_image_extensions_include_torchvisions():
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    assert set(IMG_EXTENSIONS) | {".gif"} <= set(IMAGE_EXTENSIONS)
+
+
+def test_skip_bad_images_drops_and_counts_them(tmp_path, capsys):
     _train_val(tmp_path)
     (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
-    (tmp_path / "train" / "dog" / "notes.txt").write_text("hello")
+    (tmp_path / "train" / "dog" / "fake.ppm").write_text("P6 but not really")  # an image by name only
+    (tmp_path / "train" / "dog" / "notes.txt").write_text("hello")  # not an image: skipped, not dropped
     splits = load_splits(tmp_path, skip_bad_images=True)
-    assert splits.dropped == 2 and len(splits.bad_files) == 2
+    assert splits.dropped == 2 and sorted(Path(p).name for p, _ in splits.bad_files) == ["broken.jpg", "fake.ppm"]
     assert len(splits.train) == 6 and not any("broken" in path for path, _ in splits.train)
+    assert "skipped 1 non-image file, e.g. train/dog/notes.txt" in capsys.readouterr().err
 
 
 def test_skipping_every_training_image_of_a_class_is_an_error(tmp_path):
@@ -173,6 +204,14 @@ def test_check_data_warns_about_imbalance_and_missing_val_images(tmp_path):
     assert usable
     assert "'tiny' has 2 training images, under a third of the median" in text
     assert "class imbalance" in text and "'tiny' has no validation images" in text
+
+
+def test_check_data_reports_skipped_files_as_a_warning_and_stays_usable(tmp_path):
+    _train_val(tmp_path)
+    (tmp_path / "train" / "dog" / "GT-00001.csv").write_text("Filename;ClassId\n")
+    lines, usable = check_data(tmp_path)
+    assert usable and "warning: skipped 1 non-image file, e.g. train/dog/GT-00001.csv" in lines
+    assert "unreadable or non-image files: 0" in lines and lines[-1].startswith("verdict: usable (1 warning)")
 
 
 def test_check_data_lists_bad_files_and_is_not_usable(tmp_path):

@@ -56,7 +56,10 @@ def test_step_schedule_matches_the_seeds_steplr():
 
 
 def test_resume_from_a_checkpoint_continues_exactly(small_splits, tmp_path):
-    config = tiny_config(epochs=3, unfreeze_depth=1, unfreeze_every=1, aug_strength=1.0, dropout=0.3)
+    # Gradual, with every regulariser: epoch 1 is head-only (MixUp of cached features), then images (all four),
+    # and the moving average gains layer4 when it unfreezes.
+    config = tiny_config(epochs=3, unfreeze_depth=1, unfreeze_every=1, aug_strength=1.0, dropout=0.3,
+                         mixup=0.2, cutmix=1.0, random_erasing=0.3, ema_decay=0.9)
     straight = Trainer(config, small_splits)
     for _ in range(3):
         straight.run_epoch()
@@ -71,7 +74,10 @@ def test_resume_from_a_checkpoint_continues_exactly(small_splits, tmp_path):
     resumed.run_epoch()
 
     assert resumed.history[-1]["val_loss"] == straight.history[-1]["val_loss"]
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    averages = straight.ema.module.state_dict(), resumed.ema.module.state_dict()
+    for (name, a), b in zip(averages[0].items(), averages[1].values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -4,10 +4,12 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
+from tuner.__main__ import main
 from tuner.errors import UserError
 from tuner.serve.export import export_model, read_metadata
 from tuner.serve.predict import Predictor
@@ -25,7 +27,12 @@ from PIL import Image
 from torchvision import transforms
 
 fmt, path, images = sys.argv[1], sys.argv[2], sys.argv[3:]
-if fmt == "torchscript":
+if fmt == "export":
+    extra = {"preprocessing.json": ""}
+    model = torch.export.load(path, extra_files=extra).module()
+    meta = json.loads(extra["preprocessing.json"])
+    run = lambda x: model(torch.from_numpy(x)).numpy()
+elif fmt == "torchscript":
     extra = {"preprocessing.json": ""}
     model = torch.jit.load(path, _extra_files=extra)
     meta = json.loads(extra["preprocessing.json"])
@@ -73,7 +80,8 @@ def serve(fmt, path, images):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt, suffix, atol", [("torchscript", "pt", 1e-4), ("onnx", "onnx", 1e-3)])
+@pytest.mark.parametrize("fmt, suffix, atol", [("export", "pt2", 1e-4), ("torchscript", "pt", 1e-4),
+                                               ("onnx", "onnx", 1e-3)])
 def test_exported_model_serves_without_tuner_and_matches_predictor(run, images, tmp_path, fmt, suffix, atol):
     out = tmp_path / "served" / f"model.{suffix}"  # the parent folder is created
     export_model(run, fmt, out)
@@ -85,7 +93,7 @@ def test_exported_model_serves_without_tuner_and_matches_predictor(run, images, 
     assert torch.allclose(torch.tensor(served["first"]), expected[:1], atol=atol)
 
 
-@pytest.mark.parametrize("fmt, suffix", [("torchscript", "pt"), ("onnx", "onnx")])
+@pytest.mark.parametrize("fmt, suffix", [("export", "pt2"), ("torchscript", "pt"), ("onnx", "onnx")])
 def test_metadata_round_trips(run, tmp_path, fmt, suffix):
     out = tmp_path / f"model.{suffix}"
     meta = export_model(run / "best" / "model.pt", fmt, out)
@@ -99,13 +107,13 @@ def test_metadata_round_trips(run, tmp_path, fmt, suffix):
 
 
 def test_unknown_format_is_refused(run, tmp_path):
-    with pytest.raises(UserError, match="'tflite'.*torchscript, onnx"):
+    with pytest.raises(UserError, match="'tflite'.*export, onnx, torchscript"):
         export_model(run, "tflite", tmp_path / "model.tflite")
 
 
 def test_directory_target_is_refused(run, tmp_path):
-    with pytest.raises(UserError, match=f"{re.escape(str(tmp_path))}'? is a directory"):
-        export_model(run, "torchscript", tmp_path)
+    with pytest.raises(UserError, match=f"{re.escape(str(tmp_path))}'? is a directory.*model.pt2"):
+        export_model(run, "export", tmp_path)
 
 
 def test_foreign_file_is_refused_and_existing_export_is_kept(tmp_path):
@@ -122,9 +130,33 @@ def test_foreign_file_is_refused_and_existing_export_is_kept(tmp_path):
 def test_read_metadata_refuses_files_that_are_not_exports(run, tmp_path):
     plain = tmp_path / "plain.bin"
     plain.write_bytes(b"\x00not a model")
-    for path in (plain, run / "best" / "model.pt"):  # the checkpoint is a zip, as TorchScript is
+    damaged = tmp_path / "damaged.pt2"
+    damaged.write_bytes(b"PK\x03\x04 and then nothing")
+    foreign = tmp_path / "foreign.pt2"  # a torch.export archive that tuner did not write
+    torch.export.save(torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),)), foreign)
+    for path in (plain, damaged, foreign, run / "best" / "model.pt"):  # the checkpoint is a zip, as .pt2 is
         with pytest.raises(UserError, match=re.escape(path.name)):
             read_metadata(path)
+
+
+def test_cli_exports_pt2_and_marks_torchscript_deprecated(run, tmp_path, capsys):
+    assert main(["export", str(run), "--format", "export", "--out", str(tmp_path / "model.pt2")]) == 0
+    captured = capsys.readouterr()
+    assert f"exported export: {tmp_path / 'model.pt2'}" in captured.out and "deprecated" not in captured.err
+    assert read_metadata(tmp_path / "model.pt2")["classes"] == torch.load(
+        run / "best" / "model.pt", weights_only=True)["classes"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's own jit FutureWarnings stay hidden: the note says it once
+        assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "model.pt")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TorchScript is deprecated" in err and "--format export" in err
+
+
+def test_help_marks_torchscript_deprecated(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{export,onnx,torchscript}" in text and "torchscript: DEPRECATED" in text and ".pt2" in text
 
 
 def test_onnx_without_onnxscript_says_what_to_install(tmp_path):

@@ -326,3 +326,17 @@ def test_search_into_unwritable_storage_is_a_one_line_error_and_earlier_runs_sta
         storage.chmod(0o755)
     _one_line_error(result, "search", str(target / "again"))
     assert (run / "trials.parquet").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_search_with_an_errored_trial_restarts_it(faulted, tmp_path):
+    """Ray restarts an errored trial under an id the Optuna study never suggested; the resume must not fail."""
+    run, trials, _ = faulted
+    copy = tmp_path / "faults"
+    shutil.copytree(run, copy)
+    result = subprocess.run(tuner_command("resume", str(copy)), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = pq.read_table(copy / "trials.parquet").to_pylist()
+    kept = {row["trial_id"] for row in trials.values() if row["status"] != "errored"}
+    assert {row["trial_id"] for row in rows} >= kept
+    assert (copy / "best" / "model.pt").is_file()

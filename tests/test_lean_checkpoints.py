@@ -29,7 +29,10 @@ def small(demo_root):
     {"unfreeze_depth": 2},  # partial fine-tuning: layer3, layer4, head
     {"unfreeze_depth": 5},  # everything, the stem included
     {"unfreeze_depth": 2, "unfreeze_every": 1, "feature_cache": False},  # gradual: stages join mid-run
-], ids=["head-only", "partial", "full", "gradual"])
+    # every regulariser: mixing and erasing draw random numbers, the moving average is state to keep
+    {"unfreeze_depth": 2, "mixup": 0.2, "cutmix": 1.0, "random_erasing": 0.5, "ema_decay": 0.9},
+    {"unfreeze_depth": 0, "mixup": 0.4, "ema_decay": 0.9},  # head-only: MixUp of cached features
+], ids=["head-only", "partial", "full", "gradual", "regularised", "head-only-regularised"])
 def test_a_lean_checkpoint_resumes_exactly(small, tmp_path, training):
     """Three epochs straight == one epoch, a lean checkpoint, a new Trainer, two epochs: bit for bit."""
     config = lean_config(**training)
@@ -48,10 +51,17 @@ def test_a_lean_checkpoint_resumes_exactly(small, tmp_path, training):
     resumed.run_epoch()
 
     assert resumed.history[-1]["val_loss"] == straight.history[-1]["val_loss"]
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    for (name, a), b in zip(straight.best_state.items(), resumed.best_state.values()):
+    for (name, a), b in zip(straight.best_state.items(), resumed.best_state.values(), strict=True):
         assert torch.equal(a, b), name
+    if config.ema_decay:  # the average resumes too, and it is what a checkpoint's whole model holds
+        assert state["ema_updates"] == first.step and list(state["ema"]) == list(state["model"])
+        averages = straight.ema.module.state_dict(), resumed.ema.module.state_dict()
+        for (name, a), b in zip(averages[0].items(), averages[1].values(), strict=True):
+            assert torch.equal(a, b), name
+        full = full_model_state(state, "test")
+        assert all(torch.equal(full[k], v) for k, v in first.ema.module.state_dict().items())
 
 
 def test_a_checkpoint_holds_the_head_and_trained_stages_only(small):

@@ -35,7 +35,8 @@ def test_finetune_suggests_stage_rates_only_for_unfrozen_stages():
     for depth in range(5):
         trial = optuna.trial.FixedTrial({"unfreeze_depth": depth, "head_init": "probe", "lr_head": 1e-3,
                                          "aug_strength": 0.3,
-                                         "weight_decay": 1e-4, "label_smoothing": 0.0,
+                                         "weight_decay": 1e-4, "label_smoothing": 0.0, "mixup": 0.0,
+                                         "cutmix": 0.0, "random_erasing": 0.0, "ema_decay": 0.0,
                                          **{f"lr_layer{i}": 1e-4 for i in range(1, 5)}})
         function(trial)
         rates = {k for k in trial.params if k.startswith("lr_layer")}

@@ -43,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(train)
 
     _add_search_parser(commands)
-    resume = commands.add_parser("resume", help="continue an interrupted search", formatter_class=_formatter)
+    resume = commands.add_parser("resume", help="continue an interrupted search, or add trials to a finished one",
+                                 formatter_class=_formatter)
     resume.add_argument("run", metavar="RUN", help="the run folder, STORAGE/NAME")
+    resume.add_argument("--trials", type=int, metavar="N", help="add N new trials to the search (same study and "
+                        "tables; finished trials are not run again); default: none, just continue")
 
     predict = commands.add_parser("predict", help="classify images with a trained model", formatter_class=_formatter)
     predict.add_argument("--model", required=True, help="a run's best/ folder or its model.pt")
@@ -55,15 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="write RUN/report/index.html: figures and tables of a search",
                                  formatter_class=_formatter)
-    report.add_argument("run", metavar="RUN", help="the run folder, STORAGE/NAME (finished or still running; a URI works)")
+    report.add_argument("run", metavar="RUN",
+                        help="the run folder, STORAGE/NAME (finished or still running; a URI works)")
 
-    export = commands.add_parser("export", help="export the best model as TorchScript or ONNX, preprocessing recorded",
-                                 formatter_class=_formatter)
+    export = commands.add_parser("export", help="export the best model as a torch.export .pt2, ONNX or TorchScript "
+                                 "file, preprocessing recorded", formatter_class=_formatter)
     export.add_argument("run", metavar="RUN", help="a run folder, its best/ folder or a model.pt")
-    export.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="the file format")
-    export.add_argument("--out", required=True, help="the file to write, e.g. model.ts or model.onnx")
+    export.add_argument("--format", required=True, choices=("export", "onnx", "torchscript"),  # serve.export.FORMATS
+                        help="export: torch.export program (.pt2, torch.export.load); onnx; "
+                             "torchscript: DEPRECATED in PyTorch, kept for servers that still load it")
+    export.add_argument("--out", required=True, help="the file to write, e.g. model.pt2, model.onnx or model.pt")
 
-    check = commands.add_parser("check-data", help="inspect an image folder before training", formatter_class=_formatter)
+    check = commands.add_parser("check-data", help="inspect an image folder before training",
+                                formatter_class=_formatter)
     check.add_argument("data", metavar="DIR")
     check.add_argument("--val-fraction", type=float, default=0.2, help="val share when DIR has no val/ folder")
     check.add_argument("--seed", type=int, default=0, help="seed of that split")
@@ -154,7 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_setting("loader_workers", args.loader_workers, label="--loader-workers")
     saved = _resumable_checkpoint(out) if args.resume else None
     if saved is None and out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {str(out)!r} already holds files; pass --resume to continue that run or choose another --out")
+        raise UserError(f"--out {str(out)!r} already holds files; pass --resume to continue that run or choose "
+                        f"another --out")
     config = _train_config(args, saved)
     splits = data.load_splits(args.data, val_fraction=config.val_fraction, seed=config.seed,
                               skip_bad_images=args.skip_bad_images)
@@ -241,7 +249,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from .search.driver import resume_search
 
-    resume_search(args.run)
+    if args.trials is not None and args.trials < 1:
+        raise UserError(f"--trials adds trials to the search, so it must be >= 1, but got {args.trials}; leave it "
+                        f"out to just continue the search")
+    resume_search(args.run, more_trials=args.trials)
     return 0
 
 
@@ -254,9 +265,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = predictor.predict(args.images, top_k=args.top_k)
     if args.json:
         print(json.dumps([{"image": img, "top": [{"class": c, "probability": p} for c, p in top]}
-                          for img, top in zip(args.images, results)], indent=2))
+                          for img, top in zip(args.images, results, strict=True)], indent=2))
     else:
-        for image, top in zip(args.images, results):
+        for image, top in zip(args.images, results, strict=True):
             print(f"{image}: " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
     return 0
 
@@ -270,8 +281,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .serve.export import export_model
+    from .serve.export import TORCHSCRIPT_DEPRECATED, export_model
 
+    if args.format == "torchscript":  # one line of ours instead of torch's three multi-line FutureWarnings
+        print(f"tuner: note: {TORCHSCRIPT_DEPRECATED}", file=sys.stderr)
     metadata = export_model(args.run, args.format, args.out)
     print(f"exported {args.format}: {args.out}")
     print(f"  input: {metadata['input']}, {metadata['image_size']} px (resize the shorter side to "

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import first_line
 from ..search.outcomes import has_result, hyperparameter_columns
+from ..search.run_files import TRIAL_LOGS
 from ..search.storage import is_uri
 from ..train.budget import SearchBudget
 from . import figures
@@ -101,9 +102,9 @@ def _build(run: RunData, out: Path, top: int) -> str:
                     "Best result so far, by trial (in the order trials started) and by wall-clock time.")
         page.figure("learning_curves.png",
                     lambda p: figures.learning_curves(_curves(run), metric, _rungs(run.record), p),
-                    "Every trial's validation curve by budget step. Dotted lines: the steps where ASHA compares trials and "
-                    "stops the weaker ones. A cross ends the curve of a trial whose training loss became NaN or "
-                    "infinite (diverged); that epoch has no validation result.")
+                    "Every trial's validation curve by budget step. Dotted lines: the steps where ASHA compares "
+                    "trials and stops the weaker ones. A cross ends the curve of a trial whose training loss became "
+                    "NaN or infinite (diverged); that epoch has no validation result.")
     else:
         page.p("No trial has reported a result yet.")
 
@@ -132,6 +133,10 @@ def _build(run: RunData, out: Path, top: int) -> str:
         page.p("Trials that diverged (a NaN or infinite training loss), failed, or resumed from an older "
                "checkpoint than their latest (a damaged one was skipped):")
         page.ul(trouble, html_id="problems")
+        logs = _error_logs(run)
+        if logs:
+            page.p("The files of the trials that errored: Ray's error.txt and the trial's own output.")
+            page.links(logs, html_id="error-logs")
 
     page.h2("The best model")
     page.p(f"Weights: {weights_text(run)}.")
@@ -180,6 +185,24 @@ def _rungs(record: dict[str, Any]) -> list[int]:
     return rungs
 
 
+def _error_logs(run: RunData) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(trial, [(file, link)]) for each errored trial's error.txt and stdout/stderr logs that exist; the
+    links are relative (RUN/report/ -> RUN/trial_<id>/), or the files' URIs for a run at a URI."""
+    found = []
+    for trial in run.trials:
+        if trial["status"] != "errored":
+            continue
+        folder = f"trial_{trial['trial_id']}"
+        names = ("error.txt", *TRIAL_LOGS)
+        if is_uri(run.location):
+            files = [(n, f"{run.location.rstrip('/')}/{folder}/{n}") for n in names]
+        else:
+            files = [(n, f"../{folder}/{n}") for n in names if (run.folder / folder / n).is_file()]
+        if files:
+            found.append((f"trial {trial['number']} ({trial['trial_id']})", files))
+    return found
+
+
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -206,6 +229,13 @@ class _Page:
     def ul(self, items: list[str], html_id: str | None = None) -> None:
         attribute = f' id="{html.escape(html_id)}"' if html_id else ""
         self.parts.append(f"<ul{attribute}>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+
+    def links(self, items: list[tuple[str, list[tuple[str, str]]]], html_id: str) -> None:
+        """A list of `label: file, file` lines, each file a link."""
+        rows = ("<li>" + html.escape(label) + ": " + ", ".join(
+            f'<a href="{html.escape(href)}">{html.escape(name)}</a>' for name, href in files) + "</li>"
+            for label, files in items)
+        self.parts.append(f'<ul id="{html.escape(html_id)}">' + "".join(rows) + "</ul>")
 
     def figure(self, name: str, draw, caption: str) -> None:
         """Draw into `name`; a figure that fails is reported on the page rather than ending the report."""

@@ -7,6 +7,7 @@ resume needs: the space file's path (as the user named it), the run settings and
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -28,11 +29,12 @@ from ..train.config import field_names, is_better, make_config
 from ..train.model import build_model, imagenet_cache_path
 from ..train.precision import ComputeChoice, choose_compute
 from .outcomes import spent_whole_budget
-from .run_files import RUN_RECORD, STUDY_FILE, damaged_record, parse_run_record
+from .run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, damaged_record, parse_run_record
 from .settings import RunSettings, recorded_settings
 from .space import SearchSpace, check_space, load_space
 from .storage import exists, is_uri, join, local_data, read_file_text, run_location, staged
 from .trainable import train_trial
+from .warm_start import load_warm_start, seed_study
 
 DEMO_DATA_DIR = "demo-data"
 
@@ -183,7 +185,8 @@ def _check_resources(settings: RunSettings) -> None:
     gpus = ray.cluster_resources().get("GPU", 0)
     if settings.gpus_per_trial > 0 and gpus < settings.gpus_per_trial:
         raise UserError(f"--gpus-per-trial {settings.gpus_per_trial} asked for, but the Ray cluster has {gpus:g} "
-                        f"GPUs; use --gpus-per-trial 0, a cluster with GPUs, or --autoscaling if it adds GPU nodes on demand")
+                        f"GPUs; use --gpus-per-trial 0, a cluster with GPUs, or --autoscaling if it adds GPU nodes "
+                        f"on demand")
     cpus = ray.cluster_resources().get("CPU", 0)
     if settings.cpus_per_trial > cpus:
         raise UserError(f"--cpus-per-trial {settings.cpus_per_trial} is more than the cluster's {cpus:g} CPUs; "
@@ -198,7 +201,7 @@ def _trainable(settings: RunSettings, splits: data.ImageSplits, budget: SearchBu
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
 
-def _run_config(settings: RunSettings, name: str, printer):
+def _run_config(settings: RunSettings, name: str, printer, tracking: list):
     from ray import tune
 
     storage = settings.storage if is_uri(settings.storage) else str(Path(settings.storage).expanduser().resolve())
@@ -209,7 +212,11 @@ def _run_config(settings: RunSettings, name: str, printer):
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=settings.metric,
                                                 checkpoint_score_order=settings.mode),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        callbacks=[printer],
+        callbacks=[printer, *tracking],
+        # Each trial's stdout and stderr: Ray writes them in the trial's working folder and copies that
+        # into RUN/trial_<id>/ only with sync_artifacts (at each checkpoint and when the trial ends).
+        log_to_file=TRIAL_LOGS,
+        sync_config=tune.SyncConfig(sync_artifacts=True),
         verbose=0,
     )
 
@@ -261,10 +268,14 @@ def _searcher(space: SearchSpace, settings: RunSettings, run: str, name: str, bu
             return suggestion
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id not in self._completed_trials:
+            if trial_id not in self._completed_trials and trial_id in self._ot_trials:
                 self._observe(trial_id, result)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id not in self._ot_trials:
+                # An errored trial that a resume restarts (restart_errored) comes back under a new id that this
+                # study never suggested: there is no Optuna trial to tell, and its row still reaches the tables.
+                return
             if result and trial_id not in self._completed_trials:
                 self._observe(trial_id, result)  # the round Ray stops a trial at never reaches on_trial_result
             if result and trial_id in self._best_values:
@@ -315,6 +326,14 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
     if exists(run):
         raise UserError(f"run folder {run!r} already exists; continue it with `tuner resume {run}` "
                         f"or pick another --name")
+    warm = (load_warm_start(settings.warm_start, space.define_by_run(), settings.metric, space.fixed)
+            if settings.warm_start else None)  # before the run folder exists: a bad RUN leaves nothing
+    tracking = []
+    if settings.mlflow is not None or settings.wandb is not None:  # mlflow and wandb take seconds to import
+        from .tracking import absolute_mlflow_uri, tracking_callbacks
+
+        settings.mlflow = absolute_mlflow_uri(settings.mlflow)  # resume may run from another folder
+        tracking = tracking_callbacks(settings, name)  # a missing package or a bad URI stops here, before Ray
     base = make_config(space.fixed)
     compute = local_compute_choice(settings, base, len(splits.classes))
     _init_ray(settings.address)
@@ -327,6 +346,9 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
         save_json({"space": str(space.path), "settings": asdict(settings), "fixed": space.fixed,
                    "searched": space.searched, "weights_choice": weights_choice, "budget": budget.to_dict(),
                    "compute": compute.to_dict() if compute else None}, folder / RUN_RECORD)
+    if warm:
+        print(warm.describe())
+        seed_study(warm, _study_storage(run), name, "maximize" if settings.mode == "max" else "minimize")
     searcher = _searcher(space, settings, run, name, budget)
     printer = ProgressPrinter(settings.metric, settings.mode, budget.steps, settings.trials)
     stopping = (f"ASHA reduction {settings.reduction_factor}" if settings.early_stopping else "no early stopping")
@@ -352,7 +374,7 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
             # node caches and a copy of the built backbone (model._backbone).
             reuse_actors=settings.reuse_workers,
         ),
-        run_config=_run_config(settings, name, printer),
+        run_config=_run_config(settings, name, printer, tracking),
     )
     grid = tuner.fit()
     _export(grid, run, settings, space.searched, splits, budget)
@@ -367,11 +389,13 @@ def read_run_record(run: str) -> dict[str, Any]:
     return parse_run_record(text, run)
 
 
-def resume_search(run: str) -> str:
-    """Continue an interrupted search: unfinished trials from their checkpoints, errored ones restarted.
+def resume_search(run: str, more_trials: int | None = None) -> str:
+    """Continue an interrupted search: unfinished trials from their checkpoints, errored ones restarted;
+    `more_trials` adds that many new trials (to a finished search too), finished trials never run again.
 
     Ray restores the searcher, whose define-by-run function reloads the space file from the path the
-    user named when starting the search (never a copy in the run folder).
+    user named when starting the search (never a copy in the run folder). RUN/tuner.json's `trials` is
+    the search's total: --trials N raises it by N before Ray restores the search.
     """
     from ray import tune
 
@@ -383,14 +407,72 @@ def resume_search(run: str) -> str:
     if not tune.Tuner.can_restore(run):
         raise UserError(f"{run!r} holds no Ray Tune state to resume from (it was stopped before the "
                         f"first trial started); start a new search")
+    if more_trials:
+        settings.trials += more_trials
+        with staged(run) as folder:
+            save_json({**record, "settings": {**record["settings"], "trials": settings.trials}}, folder / RUN_RECORD)
     _init_ray(settings.address)
     _check_resources(settings)
-    print(f"resuming {run} ({Path(record['space']).stem}, {settings.trials} trials)")
+    extending = f", {more_trials} of them new" if more_trials else ""
+    print(f"resuming {run} ({Path(record['space']).stem}, {settings.trials} trials{extending})")
     tuner = tune.Tuner.restore(run, trainable=_trainable(settings, splits, budget),
                                resume_unfinished=True, restart_errored=True)
+    _restore_to_record(tuner, run, settings.trials)
     grid = tuner.fit()
     _export(grid, run, settings, record["searched"], splits, budget)
     return run
+
+
+def _restore_to_record(tuner, run: str, trials: int) -> None:
+    """Have the restored search run `trials` trials in all, its study in RUN/optuna.db.
+
+    Ray restores a search's trial count with its state and offers no way to raise it (a resumed run
+    continues what was running), so the restored search algorithm is wrapped in a SearchGenerator that
+    raises the count as Ray restores it; that reaches into the restored Tuner's TuneConfig (private).
+    Ray never pickles the wrapper (the run's saved state holds its counts), so it may be a local class.
+    A copied or moved run gets its new trials and its study in its own folder, not where it started.
+    """
+    from ray.tune.search import SearchGenerator
+
+    class RecordedTotal(SearchGenerator):
+        def set_state(self, state: dict) -> None:
+            super().set_state(state)
+            if trials > self._total_samples:  # a search that ran all its trials is `finished`: it goes on
+                self._total_samples, self._finished = trials, False
+            storage = self._experiment.spec.get("storage")
+            if storage is not None and not is_uri(run):  # new trials go to RUN, moved or not, as Ray's
+                storage = copy.copy(storage)              # restore does for the trials it restores
+                storage.storage_fs_path, storage.experiment_dir_name = str(Path(run).parent), Path(run).name
+                self._experiment.spec["storage"] = storage
+
+        def restore_from_dir(self, dirpath: str) -> None:
+            super().restore_from_dir(dirpath)
+            base = self.searcher
+            while hasattr(base, "searcher"):  # ConcurrencyLimiter -> RunStudySearch
+                base = base.searcher
+            _reopen_study(base, run)
+
+    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    if config is None:
+        raise UserError(f"this Ray restores searches in a way tuner does not know; resume {run!r} with the Ray "
+                        f"version tuner's pyproject names")
+    searcher = config.search_alg
+    config.search_alg = RecordedTotal(searcher.searcher if isinstance(searcher, SearchGenerator) else searcher)
+
+
+def _reopen_study(searcher, run: str) -> None:
+    """Point an OptunaSearch's study and its trials at RUN/optuna.db: the searcher Ray saved names the
+    absolute path the run had when it started, which a copied or moved run folder no longer has."""
+    import optuna
+
+    if is_uri(run):  # its study is a node-local file keyed by the URI, not by a folder that can move
+        return
+    old = searcher._ot_study
+    study = optuna.load_study(study_name=old.study_name, storage=_study_storage(run), sampler=old.sampler,
+                              pruner=old.pruner)
+    searcher._ot_study = study
+    for trial in searcher._ot_trials.values():
+        trial.study, trial.storage = study, study._storage
 
 
 def _export(grid, run: str, settings: RunSettings, searched: list[str], splits: data.ImageSplits,
@@ -402,3 +484,9 @@ def _export(grid, run: str, settings: RunSettings, searched: list[str], splits: 
         export_results(grid, folder, settings, searched, splits, budget, location=run)
         if is_uri(run):
             shutil.copyfile(study_path(run), folder / STUDY_FILE)
+        if settings.mlflow:
+            from .tracking import log_best_model
+
+            line = log_best_model(settings.mlflow, run.rstrip("/").rsplit("/", 1)[-1], folder / "best")
+            if line:
+                print(line)

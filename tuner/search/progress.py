@@ -30,6 +30,10 @@ class ProgressPrinter(tune.Callback):
         self.trial_best: dict[str, float] = {}
         self.started = time.monotonic()
 
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        if total_num_samples:  # a resumed search's total: `tuner resume --trials N` raises it
+            self.trials = total_num_samples
+
     def __getstate__(self):  # Ray pickles callbacks with the run; a stream cannot travel
         return {k: v for k, v in self.__dict__.items() if k != "stream"} | {"stream": None}
 

@@ -13,6 +13,7 @@ from ..errors import UserError
 
 RUN_RECORD = "tuner.json"  # what resume needs: the space file's path, the run settings, the fixed values
 STUDY_FILE = "optuna.db"  # the search's Optuna study (SQLite): optuna-dashboard and optuna.load_study read it
+TRIAL_LOGS = ("stdout.log", "stderr.log")  # each trial's output, in RUN/trial_<id>/ (RunConfig.log_to_file)
 _RECORD_KEYS = ("space", "settings", "fixed", "searched", "budget")
 
 

@@ -62,7 +62,8 @@ class RunSettings:
         None, "seconds after which the search stops, running trials included (default: none)", in_space_file=True,
         bounds=_POSITIVE)
     sampler_seed: int = setting(0, "seed of the Optuna sampler", in_space_file=True, bounds=Bounds(0),
-                                old_name="seed", renamed_because="to tell it from a trial's own: the hyperparameter seed")
+                                old_name="seed",
+                                renamed_because="to tell it from a trial's own: the hyperparameter seed")
     max_failures: int = setting(2, "restarts of a crashed trial from its last checkpoint", in_space_file=True,
                                 bounds=Bounds(0))
     # best: when the search ends, delete finished trials' checkpoints but the best trial's (best/ holds
@@ -70,8 +71,19 @@ class RunSettings:
     keep_checkpoints: str = setting(
         "best", "best: when the search ends, delete the checkpoints of finished trials other than the best "
                 "trial's; all: keep them", choices=KEEP_CHECKPOINTS)
+    # An earlier run whose finished trials enter the new study as history (warm_start.py says which fit).
+    warm_start: str | None = setting(
+        None, "seed the Optuna study with the finished trials of this earlier run (a run folder) whose "
+              "hyperparameters fit this space; prints how many it took and why it left others out (default: none)")
     storage: str = setting("runs", "where run folders go (STORAGE/NAME)")
     name: str | None = setting(None, "run name (default: SPACE-YYYYmmdd-HHMMSS)")
+    # Tracking (tracking.py): where a run's records go besides the run folder, so not in a space file.
+    mlflow: str | None = setting(
+        None, "also log every trial's hyperparameters and metrics, and the best model, to this MLflow tracking URI, "
+              "e.g. sqlite:///mlflow.db (needs pip install 'tuner[mlflow]'; default: none)")
+    wandb: str | None = setting(
+        None, "also log every trial's hyperparameters and metrics to this W&B project; WANDB_MODE=offline keeps them "
+              "in RUN/trial_<id>/wandb/ (needs pip install 'tuner[wandb]'; default: none)")
     address: str | None = setting(None, "join this Ray cluster (default: start a local Ray)")
     autoscaling: bool = setting(  # skip the "enough resources now" check
         False, "the --address cluster adds nodes on demand (cluster.yaml): do not require the trials' GPUs and "
@@ -89,7 +101,8 @@ class RunSettings:
         None, "data-loading processes; default: up to 8 with CUDA, 0 on CPU (loading in the main process leaves "
               "every core to the model)", train_flag=True, bounds=Bounds(0), old_name="workers",
         renamed_because="to tell data loading from Ray's worker processes")
-    skip_bad_images: bool = setting(False, "drop unreadable or non-image files instead of refusing the data",
+    skip_bad_images: bool = setting(False, "drop image files that cannot be read instead of refusing the data "
+                                    "(files that are not images by their extension are always skipped)",
                                     train_flag=True)
     # The space's own built-in data when no --data is given (demo.py); a space file's choice, no flag.
     demo_data: bool = setting(False, "", in_space_file=True, has_flag=False)

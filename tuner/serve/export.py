@@ -1,16 +1,19 @@
-"""Export a trained checkpoint for serving without this package: TorchScript or ONNX.
+"""Export a trained checkpoint for serving without this package: torch.export (.pt2), ONNX or TorchScript.
 
 The exported model takes a float32 RGB batch (N, 3, S, S) in [0, 1], S = the checkpoint's image_size:
 each image's shorter side resized (bilinear, antialiased, as PIL does) to `data.resize_size(S)`, then
 centre-cropped to S, then scaled to [0, 1] (torchvision's ToTensor). Normalisation happens inside the
 model, so a server needs only resize + crop + ToTensor. It returns logits (softmax for probabilities).
-The file carries these facts as JSON (`preprocessing.json` extra file / ONNX metadata "preprocessing").
+The file carries these facts as JSON: the `preprocessing.json` extra file (torch.export and TorchScript) or
+the ONNX metadata property "preprocessing". TorchScript is deprecated in PyTorch; it is kept for servers
+that still load it.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,11 +26,14 @@ from ..train import data
 from ..train.checkpoint import atomic_write, load_checkpoint
 from ..train.evaluation import load_trained
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("export", "onnx", "torchscript")  # export: torch.export's ExportedProgram in a .pt2 file
+SUFFIXES = {"export": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}
 EXPORT_FORMAT = "tuner.serve.export/1"  # bumped when the metadata's meaning changes
-METADATA_FILE = "preprocessing.json"  # TorchScript extra file
+METADATA_FILE = "preprocessing.json"  # extra file of a .pt2 or TorchScript archive
 METADATA_KEY = "preprocessing"  # ONNX metadata_props key
 ONNX_OPSET = 18
+TORCHSCRIPT_DEPRECATED = ("TorchScript is deprecated in PyTorch (torch.jit.trace, save and load warn so); "
+                          "--format export writes a torch.export .pt2 file, loaded with torch.export.load")
 
 
 class ServingModel(nn.Module):
@@ -53,7 +59,7 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict[str,
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
     if out.is_dir():
-        suggestion = out / ("model.onnx" if fmt == "onnx" else "model.pt")
+        suggestion = out / f"model{SUFFIXES[fmt]}"
         raise UserError(f"export target {str(out)!r} is a directory; pass a file path such as {str(suggestion)!r}")
     if fmt == "onnx":
         _require_onnx()
@@ -61,10 +67,8 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict[str,
     serving, metadata = serving_model(payload)
     # Only its shape matters; zeros leave the caller's RNG alone. Batch 2: batch 1 could be specialised.
     example = torch.zeros(2, 3, metadata["image_size"], metadata["image_size"])
-    if fmt == "torchscript":
-        _save_torchscript(serving, example, metadata, out)
-    else:
-        _save_onnx(serving, example, metadata, out)
+    save = {"export": _save_exported_program, "onnx": _save_onnx, "torchscript": _save_torchscript}[fmt]
+    save(serving, example, metadata, out)
     return metadata
 
 
@@ -95,33 +99,61 @@ def serving_model(payload: dict[str, Any]) -> tuple[ServingModel, dict[str, Any]
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata embedded by `export_model` in a TorchScript or ONNX file."""
+    """The metadata embedded by `export_model` in a .pt2, ONNX or TorchScript file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no exported model at {str(path)!r}; pass a file written by tuner export")
     with open(path, "rb") as handle:
         magic = handle.read(4)
-    if magic == b"PK\x03\x04":  # TorchScript files are zip archives; ONNX is protobuf
-        extra = {METADATA_FILE: ""}
-        try:
-            with _quiet_jit():
-                torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except RuntimeError as err:  # a zip that is not TorchScript, e.g. a torch.save checkpoint
-            raise UserError(f"{str(path)!r} is not a TorchScript file ({first_line(err)[:200]}); "
-                            f"pass a file written by tuner export") from None
-        text = extra[METADATA_FILE]
-    else:
-        _require_onnx()
-        import onnx
-
-        try:
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        except Exception as err:  # protobuf decode errors have no common public type
-            raise UserError(f"{str(path)!r} is neither a TorchScript nor an ONNX file ({first_line(err)})") from None
-        text = props.get(METADATA_KEY, "")
+    # .pt2 and TorchScript files are zip archives (so are torch.save checkpoints); ONNX is protobuf.
+    text = _zip_metadata(path) if magic == b"PK\x03\x04" else _onnx_metadata(path)
     if not text:
         raise UserError(f"{str(path)!r} has no tuner metadata; export it with tuner export")
     return json.loads(text)
+
+
+def _zip_metadata(path: Path) -> str:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise UserError(f"{str(path)!r} is a damaged zip archive ({err}); export it again with tuner export") from None
+    with archive:
+        names = archive.namelist()
+        # torch.export.save writes <prefix>/archive_format beside <prefix>/extra/<file>; read the entry
+        # directly, without deserialising the program.
+        pt2 = [name[:-len("archive_format")] for name in names if name.endswith("archive_format")]
+        if pt2:
+            entry = f"{pt2[0]}extra/{METADATA_FILE}"
+            return archive.read(entry).decode("utf-8") if entry in names else ""
+    extra = {METADATA_FILE: ""}
+    try:
+        with _quiet_jit():
+            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except RuntimeError as err:  # a zip that is neither, e.g. a torch.save checkpoint
+        raise UserError(f"{str(path)!r} is neither a .pt2 nor a TorchScript file ({first_line(err)[:200]}); "
+                        f"pass a file written by tuner export") from None
+    return extra[METADATA_FILE]
+
+
+def _onnx_metadata(path: Path) -> str:
+    _require_onnx()
+    import onnx
+
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as err:  # protobuf decode errors have no common public type
+        raise UserError(f"{str(path)!r} is not a .pt2, TorchScript or ONNX file ({first_line(err)}); "
+                        f"pass a file written by tuner export") from None
+    return props.get(METADATA_KEY, "")
+
+
+def _save_exported_program(serving: ServingModel, example: torch.Tensor, metadata: dict, out: Path) -> None:
+    # The batch dimension stays symbolic (batch 2 in the example, any size when served).
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.export.export(serving, (example,), dynamic_shapes=({0: batch},))
+    extra = {METADATA_FILE: json.dumps(metadata)}
+    atomic_write(out, lambda handle: torch.export.save(program, handle, extra_files=extra))
 
 
 def _save_torchscript(serving: ServingModel, example: torch.Tensor, metadata: dict, out: Path) -> None:
@@ -162,7 +194,8 @@ def _require_onnx() -> None:
 
 @contextmanager
 def _quiet_jit():
-    """Hide torch's "`torch.jit.*` is deprecated" FutureWarnings (TorchScript is still what servers load)."""
+    """Hide torch's "`torch.jit.*` is deprecated" FutureWarnings: three two-line warnings from inside torch
+    on every TorchScript export; the command line says it once, in one line (TORCHSCRIPT_DEPRECATED)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
         yield

@@ -16,6 +16,7 @@ Every geometric op (the rotation and RandAugment's shear/translate/rotate) is co
 resampling of the crop, applied before the colour ops; empty corners are black, as in torchvision.
 Hue is shifted by turning the chroma plane in YIQ space, which keeps each pixel's luma: cheap, and
 close to torchvision's HSV shift for muted colours, but not equal to it for vivid ones.
+`random_erase` (the `random_erasing` hyperparameter) runs after all of this, on the normalised batch.
 """
 
 from __future__ import annotations
@@ -105,6 +106,40 @@ class BatchAugment:
         return x
 
 
+# torchvision's RandomErasing defaults: the box's share of the area, its aspect ratio, and the tries to fit one.
+ERASE_SCALE, ERASE_RATIO, ERASE_TRIES = (0.02, 0.33), (0.3, 3.3), 10
+
+
+def random_erase(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Erase one random box per image with `probability`, to 0 (the mean colour of a normalised batch).
+
+    torchvision's v2.RandomErasing(p, value=0) for a whole batch at once: each image draws its tries of
+    (area, aspect) up front and takes the first box that fits, or none if no try fits, as torchvision does
+    one image at a time. Parameters come from the CPU `generator`, so any device erases the same boxes.
+    """
+    n, _, height, width = x.shape
+    erase = torch.rand(n, generator=generator) < probability
+    area = height * width * _uniform(*ERASE_SCALE, (n, ERASE_TRIES), generator)
+    aspect = torch.exp(_uniform(math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1]), (n, ERASE_TRIES), generator))
+    h, w = torch.sqrt(area * aspect).round().long(), torch.sqrt(area / aspect).round().long()
+    fits = (h < height) & (w < width)
+    chosen = fits.long().argmax(1, keepdim=True)  # the first try that fits (0 when none does)
+    h, w = h.gather(1, chosen).squeeze(1), w.gather(1, chosen).squeeze(1)
+    erase &= fits.any(1)
+    top = (torch.rand(n, generator=generator) * (height - h + 1)).long()
+    left = (torch.rand(n, generator=generator) * (width - w + 1)).long()
+    if not erase.any():
+        return x
+    rows, cols = torch.arange(height).view(1, -1, 1), torch.arange(width).view(1, 1, -1)
+    box = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
+           & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1)) & erase.view(-1, 1, 1))
+    return x.masked_fill(box.unsqueeze(1).to(x.device), 0.0)
+
+
+def _uniform(low: float, high: float, shape, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(*shape, generator=generator)
+
+
 def _draw(n: int, policy: AugmentPolicy, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Every image's random parameters; the order of the draws is part of exact resume, keep it."""
     def uniform(low, high, *shape):
@@ -191,9 +226,6 @@ def _hue_matrices(turns: torch.Tensor) -> torch.Tensor:
     rotate[:, 1, 1], rotate[:, 1, 2] = torch.cos(angle), -torch.sin(angle)
     rotate[:, 2, 1], rotate[:, 2, 2] = torch.sin(angle), torch.cos(angle)
     return torch.linalg.inv(_RGB_TO_YIQ) @ rotate @ _RGB_TO_YIQ
-
-
-
 
 
 def _sharpness(x, factor):

@@ -109,7 +109,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = _verified_load(path)
     except Exception as err:  # corrupt zip, pickle that weights_only refuses, not a torch file at all
-        raise UserError(f"{str(path)!r} is not a readable tuner checkpoint ({_load_failure(err)}); pass a best/model.pt "
+        raise UserError(f"{str(path)!r} is not a readable tuner checkpoint ({_load_failure(err)}); "
+                        f"pass a best/model.pt "
                         f"written by tuner train or tuner search") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(

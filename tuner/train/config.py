@@ -26,6 +26,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 HEAD_INITS = ("auto", "probe", "random")
 METRICS = {"val_acc": "max", "val_loss": "min"}
+# Regularisers that act on pixels: head-only epochs on cached features skip them (mixup applies to features).
+IMAGE_ONLY = ("cutmix", "random_erasing")
 
 
 @dataclass
@@ -54,6 +56,18 @@ class TrainConfig:
     nesterov: bool = False  # sgd only
     weight_decay: float = 1e-4  # mild; never applied to batch-norm or bias parameters
     label_smoothing: float = 0.0
+    # --- regularisers (torchvision's MixUp/CutMix, torch's AveragedModel; 0 = off, as in the seed) ---
+    # Beta(alpha, alpha) mixing of the training batch after the batch augmentation, soft targets; never at
+    # evaluation. Off by default: on a few hundred images they cost more epochs than a short run has
+    # (bench/regularisers.py). torchvision's recipes use mixup 0.2 and cutmix 1.0.
+    mixup: float = 0.0
+    cutmix: float = 0.0  # images only: cached-feature (head-only) epochs have no pixels to cut
+    # Per-image probability of erasing a random box (torchvision's RandomErasing: 2-33% of the area, aspect
+    # 0.3-3.3, filled with the mean colour); images only, like cutmix.
+    random_erasing: float = 0.0
+    # Exponential moving average of the trained weights per optimizer step (horizon ~1 / (1 - decay) steps:
+    # keep it well under the run's steps); when on, the average is what is validated and kept as best.
+    ema_decay: float = 0.0
     schedule: str = "cosine"  # smooth decay to zero suits short fine-tuning runs
     warmup_steps: int = 0  # linear warm-up (optimizer steps) protects pretrained features from the first big steps
     step_size: int = 7  # "step" schedule: the seed's StepLR(step_size=7, gamma=0.1), in epochs
@@ -147,6 +161,10 @@ _RANGES = {
     "momentum": _BELOW_ONE,
     "weight_decay": _NON_NEGATIVE,
     "label_smoothing": _BELOW_ONE,
+    "mixup": _NON_NEGATIVE,
+    "cutmix": _NON_NEGATIVE,
+    "random_erasing": Bounds(0.0, 1.0),
+    "ema_decay": _BELOW_ONE,
     "warmup_steps": Bounds(0),
     "probe_l2": _POSITIVE,
     "steps": Bounds(1),
@@ -200,6 +218,11 @@ def validate(config: TrainConfig) -> None:
         setattr(config, name, check_hyperparameter(name, getattr(config, name)))  # 1 from JSON means 1.0
     if config.nesterov and config.momentum == 0:
         raise UserError("nesterov=True needs momentum > 0, but got momentum=0.0; set momentum=0.9 or nesterov=false")
+    image_only = [f"{name}={getattr(config, name)}" for name in IMAGE_ONLY if getattr(config, name)]
+    if image_only and config.unfreeze_depth == 0 and config.feature_cache:
+        raise UserError(f"{', '.join(image_only)} needs images, but unfreeze_depth=0 trains the head on cached "
+                        f"features; set feature_cache=false to train on images, or set it to 0 "
+                        f"(mixup works on features)")
 
 
 def unknown_key_message(name: str) -> str:

@@ -1,6 +1,7 @@
 """Image folders -> checked train/val/test lists, augmentation presets, datasets and loaders.
 
-Accepted layouts (hidden files and folders are ignored):
+Accepted layouts (hidden files and folders are ignored; other files in class folders that are not images
+by their extension, such as GTSRB's per-class CSVs, are skipped with one summary warning):
 
     DIR/train/<class>/*  DIR/val/<class>/*  [DIR/test/<class>/*]   used as they are
     DIR/train/<class>/*  [DIR/test/<class>/*]                      val split off train/
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import statistics
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +39,11 @@ from ..errors import DataError, UserError, first_line
 from .augment_policy import AugmentPolicy
 from .cache import DecodedImages
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+try:  # torchvision's ImageFolder list (.ppm/.pgm for GTSRB and the like), so we accept what it accepts
+    from torchvision.datasets.folder import IMG_EXTENSIONS as _TORCHVISION_EXTENSIONS
+except ImportError:  # not a public name: a torchvision without it gets the list as of 0.29
+    _TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = tuple(sorted({*_TORCHVISION_EXTENSIONS, ".gif"}))  # gif: PIL reads its first frame
 SPLIT_FOLDERS = ("train", "val", "test")
 SHOW_BAD_FILES = 5  # check_data lists this many unreadable files; the rest are counted
 
@@ -52,7 +58,8 @@ class ImageSplits:
     train: list[tuple[str, int]]
     val: list[tuple[str, int]]
     test: list[tuple[str, int]]  # [] when there is no test/ folder
-    bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): unreadable images
+    skipped: list[str] = field(default_factory=list)  # non-image files in class folders, left out
     dropped: int = 0  # bad files left out because skip_bad_images was set
     # (smallest, largest) (width, height) by area; filled in by verify_images
     image_sizes: tuple[tuple[int, int], tuple[int, int]] | None = None
@@ -67,7 +74,14 @@ class ImageSplits:
             return [(new + path[len(old):], label) for path, label in samples]
 
         return dataclasses.replace(self, root=Path(root), train=move(self.train), val=move(self.val),
-                                   test=move(self.test))
+                                   test=move(self.test), skipped=[new + path[len(old):] for path in self.skipped])
+
+    def skipped_note(self) -> str:
+        """'skipped 12 non-image files, e.g. train/stop/GT-00014.csv', or '' when none were skipped."""
+        if not self.skipped:
+            return ""
+        n = len(self.skipped)
+        return f"skipped {n} non-image file{'s' if n != 1 else ''}, e.g. {_relative(self.skipped[0], self.root)}"
 
 
 # --- finding files -----------------------------------------------------------------------------
@@ -76,8 +90,9 @@ class ImageSplits:
 def find_splits(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> ImageSplits:
     """List the images of every split without decoding them; DataError if the layout is unusable.
 
-    Files with a non-image extension are recorded in `bad_files`, not raised: `verify_images`
-    decides what to do with them.
+    Files without an image extension are left out and listed in `skipped` (datasets ship CSVs and
+    READMEs beside their images); files that are not images despite their extension are found by
+    `verify_images`, which decides what to do with them.
     """
     root = Path(root)
     expected = "pass a folder of class folders or of train/ and val/"
@@ -105,27 +120,23 @@ def _visible_subfolders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and _visible(p))
 
 
-def _class_files(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """Image files under `folder` (recursively, sorted) and the non-image files found there."""
-    images, bad = [], []
+def _class_files(folder: Path) -> tuple[list[str], list[str]]:
+    """Image files under `folder` (recursively, sorted) and the other files found there (hidden ones aside)."""
+    images, others = [], []
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
-        suffix = path.suffix.lower()
-        if suffix in IMAGE_EXTENSIONS:
-            images.append(str(path))
-        else:
-            bad.append((str(path), f"not an image file ({suffix or 'no extension'})"))
-    return images, bad
+        (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(str(path))
+    return images, others
 
 
-def _read_split_folder(root: Path, split: str) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+def _read_split_folder(root: Path, split: str) -> tuple[dict[str, list[str]], list[str]]:
     """{class name: image paths} for DIR/<split>/<class>/, plus the non-image files found."""
-    by_class, bad = {}, []
+    by_class, skipped = {}, []
     for name in _visible_subfolders(root / split):
-        by_class[name], class_bad = _class_files(root / split / name)
-        bad += class_bad
-    return by_class, bad
+        by_class[name], class_skipped = _class_files(root / split / name)
+        skipped += class_skipped
+    return by_class, skipped
 
 
 def _labelled(by_class: dict[str, list[str]], classes: list[str]) -> list[tuple[str, int]]:
@@ -140,13 +151,13 @@ def _check_val_fraction(val_fraction: float) -> None:
 def _split_folder_layout(
     root: Path, subfolders: list[str], val_fraction: float, seed: int
 ) -> ImageSplits:
-    train_by_class, bad = _read_split_folder(root, "train")
+    train_by_class, skipped = _read_split_folder(root, "train")
     classes = sorted(train_by_class)
     _require_two_classes(root / "train", classes)
     if "val" in subfolders:
-        val_by_class, val_bad = _read_split_folder(root, "val")
+        val_by_class, val_skipped = _read_split_folder(root, "val")
         _require_same_classes(root, classes, sorted(val_by_class))
-        bad += val_bad
+        skipped += val_skipped
         layout = "train/val folders"
     else:
         _check_val_fraction(val_fraction)
@@ -154,14 +165,14 @@ def _split_folder_layout(
         layout = f"train folder, split val_fraction={val_fraction} seed={seed}"
     test = []
     if "test" in subfolders:
-        test_by_class, test_bad = _read_split_folder(root, "test")
+        test_by_class, test_skipped = _read_split_folder(root, "test")
         unknown = sorted(set(test_by_class) - set(classes))
         if unknown:
             raise DataError(
                 f"test/ in {root} has classes that train/ lacks: {', '.join(unknown)}; "
                 "rename or remove those test folders"
             )
-        test, bad = _labelled(test_by_class, classes), bad + test_bad
+        test, skipped = _labelled(test_by_class, classes), skipped + test_skipped
         layout += " + test folder"
     return ImageSplits(
         root=root,
@@ -170,7 +181,7 @@ def _split_folder_layout(
         train=_labelled(train_by_class, classes),
         val=_labelled(val_by_class, classes),
         test=test,
-        bad_files=bad,
+        skipped=skipped,
     )
 
 
@@ -185,10 +196,10 @@ def _class_folder_layout(root: Path, val_fraction: float, seed: int) -> ImageSpl
         )
     _require_two_classes(root, classes)
     _check_val_fraction(val_fraction)
-    by_class, bad = {}, []
+    by_class, skipped = {}, []
     for name in classes:
-        by_class[name], class_bad = _class_files(root / name)
-        bad += class_bad
+        by_class[name], class_skipped = _class_files(root / name)
+        skipped += class_skipped
     train_by_class, val_by_class = _split_each_class(by_class, val_fraction, seed)
     return ImageSplits(
         root=root,
@@ -197,7 +208,7 @@ def _class_folder_layout(root: Path, val_fraction: float, seed: int) -> ImageSpl
         train=_labelled(train_by_class, classes),
         val=_labelled(val_by_class, classes),
         test=[],
-        bad_files=bad,
+        skipped=skipped,
     )
 
 
@@ -245,7 +256,7 @@ def _require_same_classes(root: Path, train_classes: list[str], val_classes: lis
 def _check_classes(splits: ImageSplits) -> None:
     """Every class needs a training image, and there must be something to validate on."""
     counts = _count_per_class(splits.train, len(splits.classes))
-    empty = [name for name, n in zip(splits.classes, counts) if n == 0]
+    empty = [name for name, n in zip(splits.classes, counts, strict=True) if n == 0]
     if empty:
         raise DataError(
             f"class {empty[0]!r} has no training images in {splits.root}"
@@ -280,7 +291,7 @@ def verify_images(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decoders release the GIL
         results = list(pool.map(_decode, [path for path, _ in samples]))
     known = {path for path, _ in splits.bad_files}
-    unreadable = [(path, reason) for (path, _), (size, reason) in zip(samples, results)
+    unreadable = [(path, reason) for (path, _), (size, reason) in zip(samples, results, strict=True)
                   if reason is not None and path not in known]
     sizes = [size for size, reason in results if reason is None]
     bad_files = splits.bad_files + unreadable
@@ -303,8 +314,14 @@ def verify_images(
 def load_splits(
     root: str | Path, *, val_fraction: float = 0.2, seed: int = 0, skip_bad_images: bool = False
 ) -> ImageSplits:
-    """find_splits + verify_images: what training calls before the first epoch."""
+    """find_splits + verify_images: what training calls before the first epoch.
+
+    Prints the one-line summary of skipped non-image files, if any, to stderr (one line, not one per file:
+    GTSRB alone has 43 CSVs).
+    """
     splits = find_splits(root, val_fraction=val_fraction, seed=seed)
+    if splits.skipped:
+        print(f"warning: {splits.skipped_note()}", file=sys.stderr, flush=True)
     return verify_images(splits, skip_bad_images=skip_bad_images)
 
 
@@ -352,11 +369,11 @@ def check_data(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0) ->
     lines += _class_table(splits)
     lines.append(_size_line(splits.image_sizes))
     lines += _bad_file_lines(splits)
-    warnings = _balance_warnings(splits)
+    warnings = ([splits.skipped_note()] if splits.skipped else []) + _balance_warnings(splits)
     lines += [f"warning: {w}" for w in warnings]
     usable = not splits.bad_files
     if usable:
-        note = f" ({len(warnings)} warnings)" if warnings else ""
+        note = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
         lines.append(f"verdict: usable{note}: {len(splits.classes)} classes, "
                      f"{len(splits.train)} training and {len(splits.val)} validation images")
     else:
@@ -398,7 +415,7 @@ def _balance_warnings(splits: ImageSplits) -> list[str]:
     warnings = []
     median = statistics.median(train)
     # A class this far below the rest is mostly ignored by an unweighted loss.
-    for name, n in zip(splits.classes, train):
+    for name, n in zip(splits.classes, train, strict=True):
         if n < median / 3:
             warnings.append(
                 f"class {name!r} has {n} training images, under a third of the median ({median:g})"
@@ -406,7 +423,7 @@ def _balance_warnings(splits: ImageSplits) -> list[str]:
     if max(train) > 3 * min(train):
         warnings.append(f"class imbalance: the largest class has {max(train) / min(train):.1f}x the "
                         f"training images of the smallest ({max(train)} vs {min(train)})")
-    for name, n in zip(splits.classes, val):
+    for name, n in zip(splits.classes, val, strict=True):
         if n == 0:
             warnings.append(f"class {name!r} has no validation images; its accuracy is not measured")
     return warnings

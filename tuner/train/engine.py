@@ -16,11 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from ..errors import UserError
 from . import cache, data
-from .augment import BatchAugment, normalize
+from .augment import BatchAugment, normalize, random_erase
 from .checkpoint import model_payload, save_text, save_torch, write_best
 from .config import METRICS, TrainConfig, is_better
 from .evaluation import autocast, eval_loader, evaluate
@@ -82,6 +85,17 @@ def group_stages(depth: int) -> tuple[str, ...]:
     return ("head", *reversed(trained_stages(depth)))
 
 
+def batch_mixer(config: TrainConfig, num_classes: int, *, images: bool = True) -> Callable | None:
+    """torchvision's MixUp and/or CutMix (one of the two per batch when both are on, as torchvision's
+    recipes do), or None. `images=False`: for cached features, where only MixUp means anything."""
+    mixers = [v2.MixUp(alpha=config.mixup, num_classes=num_classes)] if config.mixup else []
+    if config.cutmix and images:
+        mixers.append(v2.CutMix(alpha=config.cutmix, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
 def lr_factor(config: TrainConfig, step: int, total_steps: int, epoch_steps: int) -> float:
     """Multiplier of every group's base rate at 0-based optimizer `step` of `total_steps` (`epoch_steps` an epoch)."""
     if step < config.warmup_steps:
@@ -124,6 +138,15 @@ class Trainer:
         self.depth = self.target_depth(0)
         set_trained_depth(self.model, self.depth, config.bn_mode)
         self.optimizer = build_optimizer(self._groups(group_stages(self.depth)), config)
+        # Regularisers on the training batch: mixing (on images, or MixUp on cached features) and the
+        # weights' moving average, which is then the model that is validated and kept as best.
+        self.mix = batch_mixer(config, len(self.classes))
+        self.feature_mix = batch_mixer(config, len(self.classes), images=False)
+        self.ema: AveragedModel | None = None
+        if config.ema_decay:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+            self.ema.eval().requires_grad_(False)
+            self._ema_pairs = self._trained_pairs()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
@@ -181,18 +204,56 @@ class Trainer:
         for group in self._groups(new_stages):
             self.optimizer.add_param_group(group)
         self.depth = depth
+        if self.ema is not None:
+            self._ema_pairs = self._trained_pairs()
+
+    # --- the weights' moving average (ema_decay > 0) ---
+
+    def _trained_pairs(self) -> tuple[list[torch.Tensor], ...]:
+        """The trained tensors of the EMA model and of the model, floating ones and the rest (counters)."""
+        keys = trained_keys(self.model, self.depth)
+        ema, own = self.ema.module.state_dict(), self.model.state_dict()  # tensors sharing their storage
+        floats = [k for k in keys if own[k].is_floating_point()]
+        others = [k for k in keys if not own[k].is_floating_point()]
+        return [ema[k] for k in floats], [own[k] for k in floats], [ema[k] for k in others], [own[k] for k in others]
+
+    def _update_ema(self) -> None:
+        """AveragedModel.update_parameters (use_buffers) over the trained tensors only: frozen ones are the
+        starting weights in both, and averaging a whole ResNet every step would cost far more than a
+        head-only step on cached features. The first update copies, as AveragedModel's does."""
+        ema_floats, floats, ema_others, others = self._ema_pairs
+        with torch.no_grad():
+            if self.ema.n_averaged == 0:
+                torch._foreach_copy_(ema_floats, floats)
+            else:
+                self.ema.multi_avg_fn(ema_floats, floats, self.ema.n_averaged)
+            for ema, own in zip(ema_others, others, strict=True):  # batch-norm counters: an average means nothing
+                ema.copy_(own)
+        self.ema.n_averaged += 1
+
+    def evaluated_model(self) -> nn.Module:
+        """The weights that are validated and kept as best: the EMA once it has averaged a step, else the model."""
+        if self.ema is not None and self.ema.n_averaged > 0:
+            return self.ema.module
+        return self.model
 
     def _autocast(self):
         return autocast(self.device, self.amp_dtype)
 
     def _batch_to_device(self, images: torch.Tensor, labels: torch.Tensor, *, augment: bool):
-        """A uint8 batch -> augmented (training) or only normalised float batch on the device."""
+        """A uint8 batch -> (float batch, targets) on the device: for training augmented, erased and mixed
+        (targets then class probabilities), else only normalised with class-index targets."""
         images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
         if augment:
             images = self.augment(images, self.augment_generator)
+            if self.config.random_erasing:
+                images = random_erase(images, self.config.random_erasing, self.augment_generator)
+            if self.mix is not None:
+                images, labels = self.mix(images, labels)
         else:
             images = normalize(images, **self.normalization)
-        return images.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=self.memory_format), labels
 
     def head_only(self) -> bool:
         """Whether this epoch trains the head alone on cached backbone features (frozen backbone)."""
@@ -215,7 +276,13 @@ class Trainer:
         for first in range(0, len(samples), self.config.batch_size):
             chosen = order[first:first + self.config.batch_size]
             features = bank.gather(chosen, views[chosen]).to(self.device, non_blocking=True)
-            yield features, labels[chosen].to(self.device, non_blocking=True)
+            targets = labels[chosen].to(self.device, non_blocking=True)
+            if generator is not None and self.feature_mix is not None:
+                # No pixels here: MixUp of the pooled features the head sees (manifold mixup at its input),
+                # handed to torchvision's MixUp as (N, D, 1, 1) images.
+                mixed, targets = self.feature_mix(features[:, :, None, None], targets)
+                features = mixed.flatten(1)
+            yield features, targets
 
     def train_one_epoch(self) -> dict[str, float]:
         config, epoch = self.config, self.epoch
@@ -229,7 +296,7 @@ class Trainer:
         batches = (self._feature_batches("train", self.loader_generator) if head_only else
                    self._image_batches(self.train_loader, augment=True, desc=f"epoch {epoch + 1}"))
         start = time.perf_counter()
-        for step, (inputs, labels) in enumerate(batches):
+        for step, (inputs, targets) in enumerate(batches):
             if self.step >= self.total_steps:  # a budget that ends inside an epoch
                 break
             if self.first_step_at is None:
@@ -241,12 +308,16 @@ class Trainer:
                 group["lr"] = group["base_lr"] * factor
             with self._autocast():
                 logits = self.model.fc(inputs) if head_only else self.forward(inputs)
-                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+                loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self._update_ema()
             self.step += 1
+            # A mixed batch's targets are probabilities: its accuracy counts each image's larger share.
+            labels = targets if targets.ndim == 1 else targets.argmax(1)
             # Accumulate on the device: no host sync per batch.
             loss_sum += loss.detach().float() * labels.numel()
             correct += (logits.argmax(1) == labels).sum()
@@ -259,13 +330,15 @@ class Trainer:
         return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1), "images": seen,
                 "seconds": seconds}
 
-    def evaluate(self, loader, prefix: str = "val") -> dict[str, float]:
-        """Loss, accuracy (and top-5 with 10+ classes) of the model on `loader`."""
-        return self._evaluate(self._image_batches(loader, augment=False), prefix)
+    def evaluate(self, loader, prefix: str = "val", model: nn.Module | None = None) -> dict[str, float]:
+        """Loss, accuracy (and top-5 with 10+ classes) on `loader` of `model`, by default the evaluated one."""
+        return self._evaluate(self._image_batches(loader, augment=False), prefix, model=model)
 
-    def _evaluate(self, batches, prefix: str, head_only: bool = False) -> dict[str, float]:
-        self.model.eval()  # the whole model, also when only its head runs on cached features
-        forward = self.model.fc if head_only else self.forward
+    def _evaluate(self, batches, prefix: str, head_only: bool = False,
+                  model: nn.Module | None = None) -> dict[str, float]:
+        model = self.evaluated_model() if model is None else model
+        model.eval()  # the whole model, also when only its head runs on cached features
+        forward = model.fc if head_only else self.forward if model is self.model else model
         return evaluate(forward, batches, num_classes=len(self.classes), device=self.device, dtype=self.amp_dtype,
                         prefix=prefix).metrics
 
@@ -351,8 +424,9 @@ class Trainer:
             metrics: dict[str, Any] = {"epoch": self.epoch, "step": self.step}
             if not probe_round:
                 seen = max(totals["images"], 1)
+                speed = totals["images"] / totals["seconds"] if totals["seconds"] else 0.0
                 metrics.update({"train_loss": totals["loss"] / seen, "train_acc": totals["correct"] / seen,
-                                "images_per_second": totals["images"] / totals["seconds"] if totals["seconds"] else 0.0})
+                                "images_per_second": speed})
             metrics.update(self.validate())
         except RuntimeError as err:
             if not is_out_of_memory(err):
@@ -371,7 +445,7 @@ class Trainer:
         metrics["improved"] = is_better(METRICS[metric], metrics[metric], best_value)
         if metrics["improved"]:
             self.best_metrics = {k: v for k, v in metrics.items() if k != "improved"}
-            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_state = copy.deepcopy(self.evaluated_model().state_dict())
         self.history.append(metrics)
         return metrics
 
@@ -401,7 +475,7 @@ class Trainer:
             return None
         current = copy.deepcopy(self.model.state_dict())
         self.model.load_state_dict(self.best_state)
-        metrics = self.evaluate(self.test_loader, prefix="test")
+        metrics = self.evaluate(self.test_loader, prefix="test", model=self.model)
         self.model.load_state_dict(current)
         return metrics
 
@@ -440,6 +514,9 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "probe": self.probe,
+            # The moving average's trained tensors (the rest of it is the starting weights, as above).
+            "ema": None if self.ema is None else {k: v for k, v in self.ema.module.state_dict().items() if k in keys},
+            "ema_updates": 0 if self.ema is None else int(self.ema.n_averaged),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             **self.description(),
@@ -458,6 +535,9 @@ class Trainer:
         # The best weights are the starting weights with the checkpoint's best trained tensors on top.
         starting = copy.deepcopy(self.model.state_dict()) if state["best_state"] is not None else None
         apply_trained_state(self.model, self.weights, state["model"], state.get("base_sha256"), "the checkpoint")
+        if self.ema is not None and state.get("ema") is not None:
+            apply_trained_state(self.ema.module, self.weights, state["ema"], state.get("base_sha256"), "the checkpoint")
+            self.ema.n_averaged.fill_(state["ema_updates"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.probe = state["epoch"], state["step"], state["probe"]

@@ -256,10 +256,12 @@ def apply_trained_state(model: nn.Module, provenance: dict[str, Any], trained: d
 
 
 def full_model_state(state: dict[str, Any], shown: str) -> dict[str, torch.Tensor]:
-    """The whole model of a lean trainer checkpoint: its starting weights rebuilt from its config, its
-    trained tensors applied (what best/model.pt holds, so that it serves without the weights file)."""
+    """The whole evaluated model of a lean trainer checkpoint: its starting weights rebuilt from its config,
+    its trained tensors applied (what best/model.pt holds, so that it serves without the weights file).
+    With ema_decay on, the trained tensors are the moving average's: what was validated."""
     model, provenance = build_model(TrainConfig(**state["config"]), len(state["classes"]))
-    apply_trained_state(model, provenance, state["model"], state.get("base_sha256"), shown)
+    trained = state["ema"] if state.get("ema") and state.get("ema_updates") else state["model"]
+    apply_trained_state(model, provenance, trained, state.get("base_sha256"), shown)
     return model.state_dict()
 
 

@@ -1,4 +1,4 @@
-"""Fine-tune: unfreeze depth, per-stage learning rates for the stages that train, augmentation.
+"""Fine-tune: unfreeze depth, per-stage learning rates for the stages that train, augmentation, regularisation.
 
 No budget in SETTINGS: a trial's steps are sized by the training set (see README, Budgets).
 """
@@ -11,8 +11,7 @@ SETTINGS = {"reduction_factor": 3, "trials": 20}
 
 # The seed tutorial's fine-tuning rates as the first trial (its weight_decay 0 lies outside the log range),
 # starting from a linear-probe head, the default with pretrained weights.
-START = [{**{k: SEED_RECIPE[k] for k in ("unfreeze_depth", "lr_head", "lr_layer4", "lr_layer3")},
-          "head_init": "probe"}]
+START = [{**{k: SEED_RECIPE[k] for k in ("unfreeze_depth", "lr_head", "lr_layer4", "lr_layer3")}, "head_init": "probe"}]
 
 
 def space(trial):
@@ -25,4 +24,7 @@ def space(trial):
     trial.suggest_float("aug_strength", 0.0, 1.0)
     trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
     trial.suggest_float("label_smoothing", 0.0, 0.2)
+    # mixup, cutmix, random_erasing and ema_decay are not searched here: on the short small-data runs this
+    # space is sized for, each cost accuracy in bench/regularisers.py (README: Regularisers), and every
+    # extra dimension thins a 12-20 trial search. A space for long runs can add them (README's example).
     return {"optimizer": "adamw", "schedule": "cosine"}  # constants shared by every trial
