@@ -256,7 +256,7 @@ def test_strength_one_is_random(photo):
 @pytest.mark.parametrize("strength", [0.0, 0.3, 0.7, 1.0])
 def test_crops_are_square_uint8_from_pil_images_and_tensors(photo, strength):
     crop = crop_transforms(image_size=40, aug_strength=strength)
-    as_tensor = torch.from_numpy(np.asarray(photo)).permute(2, 0, 1)
+    as_tensor = torch.from_numpy(np.array(photo)).permute(2, 0, 1)
     for image in (photo, as_tensor):
         out = crop(image)
         assert out.shape == (3, 40, 40) and out.dtype == torch.uint8 and type(out) is torch.Tensor

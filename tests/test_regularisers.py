@@ -13,7 +13,7 @@ from tuner.errors import UserError
 from tuner.train import data
 from tuner.train.augment import random_erase
 from tuner.train.config import make_config
-from tuner.train.engine import Trainer, fit
+from tuner.train.engine import Trainer, ema_decay_at, fit
 from tuner.train.model import trained_keys
 
 
@@ -150,16 +150,24 @@ def test_the_cli_refuses_cutmix_on_cached_features_in_one_line(demo_root, tmp_pa
 
 # --- ema_decay ---
 
-def test_the_ema_is_torchs_moving_average_of_the_trained_weights_and_what_is_validated(small):
+def test_the_ema_decay_warms_up_to_ema_decay():
+    assert ema_decay_at(0.99, 0) == pytest.approx(0.1)  # the first update after the copy mostly replaces it
+    assert ema_decay_at(0.99, 90) == pytest.approx(0.91)
+    assert ema_decay_at(0.99, 10_000) == 0.99
+    assert [ema_decay_at(0.8, t) for t in (30, 40)] == [pytest.approx(31 / 40), 0.8]
+
+
+def test_the_ema_is_a_warmed_up_moving_average_of_the_trained_weights_and_what_is_validated(small):
     decay = 0.8
     trainer = Trainer(config(unfreeze_depth=1, ema_decay=decay, epochs=2), small)
     seen = []  # the head's weights after every step: the hook runs before each step, the end gives the last
     trainer.step_hook = lambda t, step: seen.append(t.model.fc.weight.detach().clone())
     trainer.run_epoch()
     seen = seen[1:] + [trainer.model.fc.weight.detach().clone()]
-    expected = seen[0]
-    for weights in seen[1:]:
-        expected = decay * expected + (1 - decay) * weights
+    expected = seen[0]  # the first update copies
+    for updates, weights in enumerate(seen[1:], start=1):
+        d = min(decay, (1 + updates) / (10 + updates))
+        expected = d * expected + (1 - d) * weights
     ema = trainer.ema.module
     assert torch.allclose(ema.fc.weight, expected, atol=1e-6)
     assert not torch.equal(ema.fc.weight, trainer.model.fc.weight)

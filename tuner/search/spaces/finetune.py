@@ -25,6 +25,7 @@ def space(trial):
     trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
     trial.suggest_float("label_smoothing", 0.0, 0.2)
     # mixup, cutmix, random_erasing and ema_decay are not searched here: on the short small-data runs this
-    # space is sized for, each cost accuracy in bench/regularisers.py (README: Regularisers), and every
-    # extra dimension thins a 12-20 trial search. A space for long runs can add them (README's example).
+    # space is sized for, each cost accuracy or gained less than the noise in bench/regularisers.py (README:
+    # Regularisers), and every extra dimension thins a 12-20 trial search. A space for long runs can add
+    # them (README's example).
     return {"optimizer": "adamw", "schedule": "cosine"}  # constants shared by every trial
