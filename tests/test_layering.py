@@ -79,3 +79,13 @@ def test_importing_a_lower_layer_loads_no_ray():
             f"{sorted(RAY_PARTS)!r}))\n")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_moving_modules_kept_the_markers_that_files_already_written_carry():
+    # Checkpoints and exported models name their format; a marker renamed with its module would refuse
+    # every best/model.pt and exported file written before the move.
+    from tuner.serve.export import EXPORT_FORMAT
+    from tuner.train.model import CHECKPOINT_FORMAT
+
+    assert CHECKPOINT_FORMAT == "tuner.checkpoint/1"
+    assert EXPORT_FORMAT == "tuner.export/1"

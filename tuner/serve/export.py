@@ -28,7 +28,7 @@ from ..train.evaluation import load_trained
 
 FORMATS = ("export", "onnx", "torchscript")  # export: torch.export's ExportedProgram in a .pt2 file
 SUFFIXES = {"export": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}
-EXPORT_FORMAT = "tuner.serve.export/1"  # bumped when the metadata's meaning changes
+EXPORT_FORMAT = "tuner.export/1"  # bumped when the metadata's meaning changes, not when the module moves
 METADATA_FILE = "preprocessing.json"  # extra file of a .pt2 or TorchScript archive
 METADATA_KEY = "preprocessing"  # ONNX metadata_props key
 ONNX_OPSET = 18

@@ -31,7 +31,7 @@ _ARCHITECTURES = {
 }
 _STAGE_PREFIXES = {"stem": ("conv1.", "bn1."), **{f"layer{i}": (f"layer{i}.",) for i in range(1, 5)}}
 # Our checkpoints mark themselves so `weights=PATH` and `predict` know what they hold.
-CHECKPOINT_FORMAT = "tuner.train.checkpoint/1"
+CHECKPOINT_FORMAT = "tuner.checkpoint/1"  # the marker every release has written: old checkpoints still load
 
 
 class DropoutLinear(nn.Linear):
