@@ -150,6 +150,10 @@ def test_cli_exports_pt2_and_marks_torchscript_deprecated(run, tmp_path, capsys)
         assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "model.pt")]) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "TorchScript is deprecated" in err and "--format export" in err
+    # A refused TorchScript export is its error alone, without the note.
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a directory" in err and "deprecated" not in err
 
 
 def test_help_marks_torchscript_deprecated(capsys):

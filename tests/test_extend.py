@@ -11,8 +11,9 @@ import optuna
 import pyarrow.parquet as pq
 import pytest
 
+from tuner.errors import UserError
 from tuner.search.space import DefineByRun
-from tuner.search.warm_start import fit
+from tuner.search.warm_start import fit, load_warm_start
 
 STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -32,6 +33,18 @@ def rows(path):
 def write_space(path, body):
     path.write_text(textwrap.dedent(body))
     return DefineByRun(path, {})
+
+
+def test_a_warm_start_from_a_damaged_run_record_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tuner.json").write_bytes(b"\xff\xfe\x00binary")
+    space = write_space(tmp_path / "space.py", """
+        def space(trial):
+            trial.suggest_float("lr_head", 1e-4, 1e-2, log=True)
+    """)
+    with pytest.raises(UserError, match="tuner.json is not valid JSON .* the run record is damaged"):
+        load_warm_start(str(run), space, "val_acc", {})
 
 
 def test_a_trial_fits_only_a_space_that_asks_for_its_hyperparameters_in_range(tmp_path):

@@ -247,11 +247,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .search.driver import resume_search
-
-    if args.trials is not None and args.trials < 1:
+    if args.trials is not None and args.trials < 1:  # before the seconds of importing torch and Ray
         raise UserError(f"--trials adds trials to the search, so it must be >= 1, but got {args.trials}; leave it "
                         f"out to just continue the search")
+    from .search.driver import resume_search
+
     resume_search(args.run, more_trials=args.trials)
     return 0
 
@@ -283,9 +283,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .serve.export import TORCHSCRIPT_DEPRECATED, export_model
 
-    if args.format == "torchscript":  # one line of ours instead of torch's three multi-line FutureWarnings
-        print(f"tuner: note: {TORCHSCRIPT_DEPRECATED}", file=sys.stderr)
     metadata = export_model(args.run, args.format, args.out)
+    if args.format == "torchscript":  # one line of ours instead of torch's three multi-line FutureWarnings;
+        print(f"tuner: note: {TORCHSCRIPT_DEPRECATED}", file=sys.stderr)  # after: an error stays one line
     print(f"exported {args.format}: {args.out}")
     print(f"  input: {metadata['input']}, {metadata['image_size']} px (resize the shorter side to "
           f"{metadata['resize']}, centre crop); normalisation inside the model")

@@ -29,10 +29,10 @@ from ..train.config import field_names, is_better, make_config
 from ..train.model import build_model, imagenet_cache_path
 from ..train.precision import ComputeChoice, choose_compute
 from .outcomes import spent_whole_budget
-from .run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, damaged_record, parse_run_record
+from .run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, read_run_record
 from .settings import RunSettings, recorded_settings
 from .space import SearchSpace, check_space, load_space
-from .storage import exists, is_uri, join, local_data, read_file_text, run_location, staged
+from .storage import exists, is_uri, local_data, run_location, staged
 from .trainable import train_trial
 from .warm_start import load_warm_start, seed_study
 
@@ -381,21 +381,13 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
     return run
 
 
-def read_run_record(run: str) -> dict[str, Any]:
-    try:
-        text = read_file_text(join(run, RUN_RECORD))
-    except UnicodeDecodeError as err:  # a binary file in its place
-        raise damaged_record(run, err) from None
-    return parse_run_record(text, run)
-
-
 def resume_search(run: str, more_trials: int | None = None) -> str:
     """Continue an interrupted search: unfinished trials from their checkpoints, errored ones restarted;
     `more_trials` adds that many new trials (to a finished search too), finished trials never run again.
 
     Ray restores the searcher, whose define-by-run function reloads the space file from the path the
     user named when starting the search (never a copy in the run folder). RUN/tuner.json's `trials` is
-    the search's total: --trials N raises it by N before Ray restores the search.
+    the search's total: --trials N raises it by N once Ray has restored the search.
     """
     from ray import tune
 
@@ -407,10 +399,7 @@ def resume_search(run: str, more_trials: int | None = None) -> str:
     if not tune.Tuner.can_restore(run):
         raise UserError(f"{run!r} holds no Ray Tune state to resume from (it was stopped before the "
                         f"first trial started); start a new search")
-    if more_trials:
-        settings.trials += more_trials
-        with staged(run) as folder:
-            save_json({**record, "settings": {**record["settings"], "trials": settings.trials}}, folder / RUN_RECORD)
+    settings.trials += more_trials or 0
     _init_ray(settings.address)
     _check_resources(settings)
     extending = f", {more_trials} of them new" if more_trials else ""
@@ -418,6 +407,9 @@ def resume_search(run: str, more_trials: int | None = None) -> str:
     tuner = tune.Tuner.restore(run, trainable=_trainable(settings, splits, budget),
                                resume_unfinished=True, restart_errored=True)
     _restore_to_record(tuner, run, settings.trials)
+    if more_trials:  # recorded once nothing can refuse the resume any more: a retry must not add N again
+        with staged(run) as folder:
+            save_json({**record, "settings": {**record["settings"], "trials": settings.trials}}, folder / RUN_RECORD)
     grid = tuner.fit()
     _export(grid, run, settings, record["searched"], splits, budget)
     return run

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from ..errors import UserError
+from .storage import join, read_file_text
 
 RUN_RECORD = "tuner.json"  # what resume needs: the space file's path, the run settings, the fixed values
 STUDY_FILE = "optuna.db"  # the search's Optuna study (SQLite): optuna-dashboard and optuna.load_study read it
@@ -40,3 +41,12 @@ def parse_run_record(text: str | None, run: str) -> dict[str, Any]:
         raise UserError(f"{run!r}: {RUN_RECORD} lacks {', '.join(missing) or 'a settings object'}; the run "
                         f"record is damaged, restore it or start a new search")
     return record
+
+
+def read_run_record(run: str) -> dict[str, Any]:
+    """RUN/tuner.json read from a folder or a URI and checked (parse_run_record)."""
+    try:
+        text = read_file_text(join(run, RUN_RECORD))
+    except UnicodeDecodeError as err:  # a binary file in its place
+        raise damaged_record(run, err) from None
+    return parse_run_record(text, run)

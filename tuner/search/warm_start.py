@@ -26,9 +26,9 @@ from typing import Any
 import optuna
 
 from ..errors import UserError, first_line
-from .run_files import RUN_RECORD, STUDY_FILE, parse_run_record
+from .run_files import STUDY_FILE, read_run_record
 from .space import DefineByRun
-from .storage import filesystem, is_uri, join, read_file_text
+from .storage import filesystem, is_uri, join
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # FAIL: errored or diverged
 
@@ -100,7 +100,7 @@ def fit(function: DefineByRun, params: dict[str, Any]) -> tuple[dict[str, Any] |
 def load_warm_start(run: str, function: DefineByRun, metric: str, fixed: dict[str, Any]) -> WarmStart:
     """Read RUN's record and study; keep the finished trials it ran whose hyperparameters fit `function`."""
     run = run if is_uri(run) else str(Path(run).expanduser().resolve())
-    record = parse_run_record(read_file_text(join(run, RUN_RECORD)), run)
+    record = read_run_record(run)
     earlier_metric = record["settings"].get("metric")
     if earlier_metric != metric:
         raise UserError(f"--warm-start {run!r} searched {earlier_metric}, this search {metric}: their scores do "
