@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import math
 import os
 import shutil
 import time
@@ -28,7 +27,7 @@ from ..train.checkpoint import save_json
 from ..train.config import field_names, is_better, make_config
 from ..train.model import build_model, imagenet_cache_path
 from ..train.precision import ComputeChoice, choose_compute
-from .outcomes import spent_whole_budget
+from .outcomes import has_result, spent_whole_budget
 from .run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, read_run_record
 from .settings import RunSettings, recorded_settings
 from .space import SearchSpace, check_space, load_space
@@ -289,7 +288,7 @@ def _searcher(space: SearchSpace, settings: RunSettings, run: str, name: str, bu
         def _observe(self, trial_id: str, result: dict) -> None:
             """One round: an intermediate value at its budget step, and the trial's best so far."""
             value, step = result.get(self.metric), result.get("budget_steps")
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or step is None:
+            if not has_result(value) or step is None:
                 return  # a diverged round's NaN is no intermediate value
             reported = self._reported_steps.setdefault(trial_id, set())
             if int(step) not in reported:  # a round trained again after a resume reports its step again

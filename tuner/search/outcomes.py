@@ -14,9 +14,9 @@ from typing import Any
 from ..train.budget import ran_whole_budget
 from ..train.config import field_names, is_better
 
-# A trial's status in trials.parquet (stopped_early: by ASHA or the time budget; diverged: a NaN/inf loss).
-FINISHED_STATUSES = ("completed", "stopped_early", "diverged", "errored")
-STATUSES = (*FINISHED_STATUSES, "running")  # a search still going has trials without an outcome yet
+# A trial's status in trials.parquet (stopped_early: by ASHA or the time budget; diverged: a NaN/inf loss;
+# running: a search still going has trials without an outcome yet).
+STATUSES = ("completed", "stopped_early", "diverged", "errored", "running")
 
 # trials.parquet, one row per trial; every hyperparameter follows as its own column (hyperparameter_columns).
 TRIAL_COLUMNS = ("trial_id", "status", "epochs_run", "steps", "budget_steps", "stopped_early", "best_epoch",

@@ -21,7 +21,7 @@ from ..train.engine import resolve_device
 from ..train.evaluation import load_trained
 from ..train.model import full_model_state
 from . import outcomes
-from .outcomes import RAY_COLUMNS
+from .outcomes import RAY_COLUMNS, has_result
 from .trainable import load_trainer_state
 
 
@@ -93,7 +93,7 @@ def ranked_checkpoints(grid, metric: str, mode: str) -> list[tuple[Any, dict[str
     Each trial keeps its best epoch's checkpoint, so the first is the search's best epoch.
     """
     kept = [(checkpoint, metrics) for result in grid for checkpoint, metrics in (result.best_checkpoints or [])
-            if isinstance(metrics.get(metric), (int, float)) and math.isfinite(metrics[metric])]
+            if has_result(metrics.get(metric))]
     return sorted(kept, key=lambda pair: pair[1][metric], reverse=mode == "max")
 
 

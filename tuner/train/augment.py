@@ -130,10 +130,12 @@ def random_erase(x: torch.Tensor, probability: float, generator: torch.Generator
     left = (torch.rand(n, generator=generator) * (width - w + 1)).long()
     if not erase.any():
         return x
-    rows, cols = torch.arange(height).view(1, -1, 1), torch.arange(width).view(1, 1, -1)
-    box = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
-           & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1)) & erase.view(-1, 1, 1))
-    return x.masked_fill(box.unsqueeze(1).to(x.device), 0.0)
+    # The draws stay on the CPU generator; only the n boxes move, and the mask is built where x is.
+    top, h, left, w, erase = (t.to(x.device).view(-1, 1, 1) for t in (top, h, left, w, erase))
+    rows = torch.arange(height, device=x.device).view(1, -1, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, -1)
+    box = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w) & erase
+    return x.masked_fill(box.unsqueeze(1), 0.0)
 
 
 def _uniform(low: float, high: float, shape, generator: torch.Generator) -> torch.Tensor:
@@ -142,8 +144,8 @@ def _uniform(low: float, high: float, shape, generator: torch.Generator) -> torc
 
 def _draw(n: int, policy: AugmentPolicy, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Every image's random parameters; the order of the draws is part of exact resume, keep it."""
-    def uniform(low, high, *shape):
-        return low + (high - low) * torch.rand(*(shape or (n,)), generator=generator)
+    def uniform(low, high):
+        return _uniform(low, high, (n,), generator)
 
     ops = policy.randaugment_ops
     return {

@@ -290,11 +290,9 @@ def verify_images(
     samples = splits.train + splits.val + splits.test
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decoders release the GIL
         results = list(pool.map(_decode, [path for path, _ in samples]))
-    known = {path for path, _ in splits.bad_files}
-    unreadable = [(path, reason) for (path, _), (size, reason) in zip(samples, results, strict=True)
-                  if reason is not None and path not in known]
+    bad_files = [(path, reason) for (path, _), (size, reason) in zip(samples, results, strict=True)
+                 if reason is not None]
     sizes = [size for size, reason in results if reason is None]
-    bad_files = splits.bad_files + unreadable
     verified = dataclasses.replace(splits, bad_files=bad_files, image_sizes=_size_range(sizes))
     if not bad_files:
         return verified

@@ -119,7 +119,7 @@ def ema_decay_at(decay: float, updates: int) -> float:
 def ema_with_warmup(decay: float):
     """An AveragedModel multi_avg_fn: torch's get_ema_multi_avg_fn update with the decay of ema_decay_at."""
     @torch.no_grad()
-    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: int | torch.Tensor) -> None:
         torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay_at(decay, int(n_averaged)))
     return update
 
@@ -238,13 +238,14 @@ class Trainer:
         starting weights in both, and averaging a whole ResNet every step would cost far more than a
         head-only step on cached features. The first update copies, as AveragedModel's does."""
         ema_floats, floats, ema_others, others = self._ema_pairs
+        updates = self.step  # = ema.n_averaged (one update a step, both restored together), without a device sync
         with torch.no_grad():
-            if self.ema.n_averaged == 0:
+            if updates == 0:
                 torch._foreach_copy_(ema_floats, floats)
             else:
-                self.ema.multi_avg_fn(ema_floats, floats, self.ema.n_averaged)
-            for ema, own in zip(ema_others, others, strict=True):  # batch-norm counters: an average means nothing
-                ema.copy_(own)
+                self.ema.multi_avg_fn(ema_floats, floats, updates)
+            if others:  # batch-norm counters: an average means nothing
+                torch._foreach_copy_(ema_others, others)
         self.ema.n_averaged += 1
 
     def evaluated_model(self) -> nn.Module:
