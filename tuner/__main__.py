@@ -153,12 +153,13 @@ def _add_runtime_options(parser: argparse.ArgumentParser, device: bool = True, s
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .search.settings import check_setting
+    from .search.settings import check_setting  # no torch: the check comes before the seconds of importing it
+
+    check_setting("loader_workers", args.loader_workers, label="--loader-workers")
     from .train import data
     from .train.engine import Diverged, Trainer, fit
 
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
-    check_setting("loader_workers", args.loader_workers, label="--loader-workers")
     saved = _resumable_checkpoint(out) if args.resume else None
     if saved is None and out.exists() and any(out.iterdir()):
         raise UserError(f"--out {str(out)!r} already holds files; pass --resume to continue that run or choose "

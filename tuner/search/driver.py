@@ -27,7 +27,7 @@ from ..train.checkpoint import save_json
 from ..train.config import field_names, is_better, make_config
 from ..train.model import build_model, imagenet_cache_path
 from ..train.precision import ComputeChoice, choose_compute
-from .outcomes import has_result, spent_whole_budget
+from .outcomes import has_result, trial_status
 from .run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, read_run_record
 from .settings import RunSettings, recorded_settings
 from .space import SearchSpace, check_space, load_space
@@ -279,9 +279,8 @@ def _searcher(space: SearchSpace, settings: RunSettings, run: str, name: str, bu
                 self._observe(trial_id, result)  # the round Ray stops a trial at never reaches on_trial_result
             if result and trial_id in self._best_values:
                 result = {**result, self.metric: self._best_values[trial_id]}
-            stopped = result and result.get("diverged") is not True and not spent_whole_budget(
-                result, budget.steps)
-            if stopped and not error and not settings.stopped_as_complete:
+            stopped_early = result and trial_status(result, budget.steps, failed=error, ended=True) == "stopped_early"
+            if stopped_early and not settings.stopped_as_complete:
                 result = {k: v for k, v in result.items() if k != self.metric}  # OptunaSearch tells PRUNED
             super().on_trial_complete(trial_id, result, error)
 

@@ -21,7 +21,7 @@ from ..train.engine import resolve_device
 from ..train.evaluation import load_trained
 from ..train.model import full_model_state
 from . import outcomes
-from .outcomes import RAY_COLUMNS, has_result
+from .outcomes import has_result
 from .trainable import load_trainer_state
 
 
@@ -114,7 +114,7 @@ def export_best(grid, run_dir: Path, settings, splits: data.ImageSplits) -> dict
 
 def _write_best(state: dict[str, Any], metrics: dict[str, Any], run_dir: Path,
                 splits: data.ImageSplits) -> dict[str, Any]:
-    epoch_metrics = {k: v for k, v in metrics.items() if k not in RAY_COLUMNS and not k.startswith("config")}
+    epoch_metrics = outcomes.model_metrics(metrics)
     model = full_model_state(state, f"checkpoint of trial {metrics.get('trial_id')}")
     payload = model_payload(model, state, state["epoch"], {**epoch_metrics, "trial_id": metrics.get("trial_id")})
     if splits.test:
