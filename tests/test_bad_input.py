@@ -28,8 +28,8 @@ import pytest
 import torch
 
 from tuner.__main__ import main
-from tuner.search.settings import RunSettings
-from tuner.train.budget import search_budget
+from tuner.runs.budget import search_budget
+from tuner.runs.settings import RunSettings
 from tuner.train.demo_data import write_demo_data
 
 pytestmark = pytest.mark.slow

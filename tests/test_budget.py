@@ -1,10 +1,10 @@
-"""The budget policy (tuner/train/budget.py): sizes by the dataset, trial rounds, and ASHA's rungs in budget steps."""
+"""The budget policy (tuner/runs/budget.py): sizes by the dataset, trial rounds, and ASHA's rungs in budget steps."""
 
 import pytest
 from ray.tune.schedulers import ASHAScheduler
 
 from tuner.report.page import _rungs
-from tuner.train.budget import (
+from tuner.runs.budget import (
     HEAD_ONLY_STEPS,
     MAX_PASSES,
     ROUNDS,

@@ -153,7 +153,7 @@ def test_old_flag_spellings_still_work_with_a_one_line_note(argv, name, value, n
 def test_search_flags_come_from_the_run_settings_with_their_defaults(capsys):
     from dataclasses import fields
 
-    from tuner.search.settings import RunSettings, flag
+    from tuner.runs.settings import RunSettings, flag
 
     assert run_cli(["search", "--help"]) == 0
     shown = " ".join(capsys.readouterr().out.split())

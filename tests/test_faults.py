@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tuner.search.settings import RunSettings
+from tuner.runs.settings import RunSettings
 from tuner.search.trainable import TRAINER_STATE, resume_state
 from tuner.testing.faults import parse_faults
 from tuner.train import data

@@ -1,4 +1,4 @@
-"""A trial's outcome, said once (tuner/search/outcomes.py) for the finished tables, a running search's report
+"""A trial's outcome, said once (tuner/runs/outcomes.py) for the finished tables, a running search's report
 and the progress lines."""
 
 import json
@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tuner.search.outcomes import (
+from tuner.runs.budget import SearchBudget
+from tuner.runs.outcomes import (
     TRIAL_COLUMNS,
     best_report,
     diverged_error,
@@ -16,7 +17,6 @@ from tuner.search.outcomes import (
     trial_status,
     with_current_names,
 )
-from tuner.train.budget import SearchBudget
 from tuner.train.engine import Diverged
 
 BUDGET = 3  # budget steps a trial that ASHA never stops spends
@@ -84,8 +84,8 @@ def test_a_running_report_and_the_finished_table_agree_on_a_trials_row(tmp_path)
     from ray.tune import Result
 
     from tuner.report.run import open_run
+    from tuner.runs.settings import RunSettings
     from tuner.search.results import trial_rows
-    from tuner.search.settings import RunSettings
 
     run = tmp_path / "run"
     folders = [_trial_folder(run, "tie", [0.5, 0.7, 0.7]),  # a tie: the later epoch is the best

@@ -5,7 +5,7 @@ from dataclasses import asdict, fields
 import pytest
 
 from tuner.errors import UserError
-from tuner.search.settings import RunSettings, flag, old_flag, recorded_settings, space_file_names, with_new_names
+from tuner.runs.settings import RunSettings, flag, old_flag, recorded_settings, space_file_names, with_new_names
 
 
 @pytest.mark.parametrize("values, fragment", [

@@ -5,7 +5,7 @@ import multiprocessing
 import pytest
 
 from tuner.errors import UserError
-from tuner.search.storage import exists, local_data, read_file_text, run_location, staged
+from tuner.runs.storage import exists, local_data, read_file_text, run_location, staged
 
 
 def make_dataset(root):

@@ -102,10 +102,10 @@ def _add_search_parser(commands) -> None:
 
 
 def _flagged_settings():
-    """RunSettings' fields that have a `tuner search` flag (search/settings.py: no Ray, no torch)."""
+    """RunSettings' fields that have a `tuner search` flag (runs/settings.py: no Ray, no torch)."""
     from dataclasses import fields
 
-    from .search.settings import RunSettings, flag
+    from .runs.settings import RunSettings, flag
 
     return [item for item in fields(RunSettings) if flag(item)]
 
@@ -113,7 +113,7 @@ def _flagged_settings():
 def _add_setting_flag(parser: argparse.ArgumentParser, item, default, show_default: bool) -> None:
     """The flag of one run setting, typed by its field, its help from the field's metadata; an old
     spelling (--seed, --workers) still works, hidden from --help, with a note on stderr."""
-    from .search.settings import flag, old_flag
+    from .runs.settings import flag, old_flag
     from .train.checks import scalar_type
 
     text, kind = item.metadata["help"], scalar_type(item.type)
@@ -137,7 +137,7 @@ class _OldSpelling(argparse.Action):
         self.setting, self.new = setting, new
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        from .search.settings import renamed_note
+        from .runs.settings import renamed_note
 
         print(f"{parser.prog}: note: {renamed_note(self.setting, option_string, self.new)}", file=sys.stderr)
         setattr(namespace, self.dest, values)
@@ -153,7 +153,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser, device: bool = True, s
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .search.settings import check_setting  # no torch: the check comes before the seconds of importing it
+    from .runs.settings import check_setting  # no torch: the check comes before the seconds of importing it
 
     check_setting("loader_workers", args.loader_workers, label="--loader-workers")
     from .train import data

@@ -28,7 +28,7 @@ class BestModelAnalysis:
 
 def best_model_analysis(run: RunData, *, mistakes: int = 12, device: str = "cpu") -> BestModelAnalysis:
     """Evaluate RUN/best/model.pt on the run's validation images; NotAvailable says why it cannot."""
-    from ..search.storage import local_data
+    from ..runs.storage import local_data
     from ..train import data
     from ..train.checkpoint import load_checkpoint
     from ..train.engine import resolve_device

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import first_line
-from ..search.run_files import STUDY_FILE
+from ..runs.run_files import STUDY_FILE
 from . import figures
 from .run import RunData, ranked
 

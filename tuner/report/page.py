@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import first_line
-from ..search.outcomes import has_result, hyperparameter_columns
-from ..search.run_files import TRIAL_LOGS
-from ..search.storage import is_uri
-from ..train.budget import SearchBudget
+from ..runs.budget import SearchBudget
+from ..runs.outcomes import has_result, hyperparameter_columns
+from ..runs.run_files import TRIAL_LOGS
+from ..runs.storage import is_uri
 from . import figures
 from .analysis import NotAvailable, best_model_analysis
 from .importance import param_importances

@@ -1,7 +1,7 @@
 """Reading a run for `tuner report`: its record and tables, finished or still running, and what they say.
 
 A finished search has RUN/trials.parquet and RUN/epochs.parquet; while it runs the same rows are built
-from Ray's RUN/trial_*/result.json files (search/outcomes.py words both). A run at a URI is copied into
+from Ray's RUN/trial_*/result.json files (runs/outcomes.py words both). A run at a URI is copied into
 a temporary folder, the small files at once, the others when asked for. No Ray is imported.
 """
 
@@ -19,8 +19,9 @@ from typing import Any
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..search import outcomes
-from ..search.outcomes import (
+from ..runs import outcomes
+from ..runs.budget import SearchBudget
+from ..runs.outcomes import (
     diverged_error,
     hyperparameter_columns,
     last_error_line,
@@ -30,9 +31,8 @@ from ..search.outcomes import (
     trial_status,
     with_current_names,
 )
-from ..search.run_files import RUN_RECORD, damaged_record, not_a_run, parse_run_record
-from ..search.storage import filesystem, is_uri
-from ..train.budget import SearchBudget
+from ..runs.run_files import RUN_RECORD, damaged_record, not_a_run, parse_run_record
+from ..runs.storage import filesystem, is_uri
 from ..train.config import METRICS
 
 # --- reading a run -------------------------------------------------------------------------------

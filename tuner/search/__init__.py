@@ -1,1 +1,1 @@
-"""The only layer that imports Ray: run settings, search spaces, the trial function, the driver and its run files."""
+"""The only layer that imports Ray: search spaces, the trial function, the driver, its progress and its tables."""

@@ -20,18 +20,18 @@ from typing import Any
 import torch
 
 from ..errors import UserError, first_line
+from ..runs.budget import SearchBudget, search_budget
+from ..runs.outcomes import has_result, trial_status
+from ..runs.run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, read_run_record
+from ..runs.settings import RunSettings, recorded_settings
+from ..runs.storage import exists, is_uri, local_data, run_location, staged
 from ..train import data
-from ..train.budget import SearchBudget, search_budget
 from ..train.cache import cache_root
 from ..train.checkpoint import save_json
 from ..train.config import field_names, is_better, make_config
 from ..train.model import build_model, imagenet_cache_path
 from ..train.precision import ComputeChoice, choose_compute
-from .outcomes import has_result, trial_status
-from .run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, read_run_record
-from .settings import RunSettings, recorded_settings
 from .space import SearchSpace, check_space, load_space
-from .storage import exists, is_uri, local_data, run_location, staged
 from .trainable import train_trial
 from .warm_start import load_warm_start, seed_study
 
@@ -336,7 +336,7 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
     compute = local_compute_choice(settings, base, len(splits.classes))
     _init_ray(settings.address)
     _check_resources(settings)
-    # ASHA's rungs are budget steps (budget.py): equal budgets, whatever a trial's batch size or epochs.
+    # ASHA's rungs are budget steps (runs/budget.py): equal budgets, whatever a trial's batch size or epochs.
     scheduler = (ASHAScheduler(time_attr="budget_steps", max_t=budget.steps, grace_period=budget.grace_steps,
                                reduction_factor=settings.reduction_factor)
                  if settings.early_stopping else FIFOScheduler())

@@ -7,8 +7,8 @@ import time
 
 from ray import tune
 
+from ..runs.outcomes import last_error_line, trial_status
 from ..train.config import is_better
-from .outcomes import last_error_line, trial_status
 
 _LONGEST = 300  # characters of an error message shown on a progress line
 
@@ -16,7 +16,7 @@ _LONGEST = 300  # characters of an error message shown on a progress line
 class ProgressPrinter(tune.Callback):
     """Prints `trial N step S (epoch E): val_acc x (trial best y, search best z) | running, stopped early, done`.
 
-    S is the trial's budget spent (budget.py: optimizer steps, or a tenth of them for head-only trials).
+    S is the trial's budget spent (runs/budget.py: optimizer steps, or a tenth of them for head-only trials).
 
     Besides: a line per warning a trial reports (it resumed from an older checkpoint), per retry of a
     failed trial, and per trial that ends (completed, stopped early, diverged, or failed with its error).

@@ -12,16 +12,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..errors import first_line
+from ..runs import outcomes
+from ..runs.budget import SearchBudget
+from ..runs.outcomes import has_result
 from ..testing.faults import fault_point
 from ..train import data
-from ..train.budget import SearchBudget
 from ..train.checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
 from ..train.config import METRICS
 from ..train.engine import resolve_device
 from ..train.evaluation import load_trained
 from ..train.model import full_model_state
-from . import outcomes
-from .outcomes import has_result
 from .trainable import load_trainer_state
 
 

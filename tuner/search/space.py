@@ -3,7 +3,7 @@
 A space file is a Python module with `def space(trial)`, an Optuna define-by-run function that
 suggests trainer hyperparameters (by their TrainConfig names) and returns a dict of constants or None.
 Optional module-level names: `SETTINGS = {...}` (run defaults that flags override: the run settings
-marked in_space_file in settings.py, and hyperparameters fixed for every trial) and
+marked in_space_file in runs/settings.py, and hyperparameters fixed for every trial) and
 `START = [{...}, ...]` (configurations to try first, e.g. the seed tutorial's recipe).
 A space file is Python and runs with the user's rights: load only files you trust.
 """
@@ -22,8 +22,8 @@ from typing import Any
 import optuna
 
 from ..errors import UserError
+from ..runs.settings import new_names, renamed_note, space_file_names, with_new_names
 from ..train.config import field_names, make_config, unknown_key_message
-from .settings import new_names, renamed_note, space_file_names, with_new_names
 
 # The shipped spaces are package data (tuner/search/spaces/), so a wheel install has them too.
 SPACES_DIR = Path(str(importlib.resources.files("tuner.search") / "spaces"))
@@ -124,7 +124,7 @@ def _import(path: Path):
 
 
 def _checked_settings(module, path: Path) -> dict[str, Any]:
-    """SETTINGS with every key a run setting a space file may set (settings.py) or a hyperparameter; an
+    """SETTINGS with every key a run setting a space file may set (runs/settings.py) or a hyperparameter; an
     old name (seed) is read as the new one (sampler_seed), with a note on stderr."""
     settings = getattr(module, "SETTINGS", {})
     if not isinstance(settings, dict):

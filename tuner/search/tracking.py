@@ -20,8 +20,8 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback  # imports without wandb; the callback needs it
 
 from ..errors import UserError, first_line
-from .settings import RunSettings
-from .storage import is_uri
+from ..runs.settings import RunSettings
+from ..runs.storage import is_uri
 
 BEST_ARTIFACT = "best"  # the artifact folder of the best model in the best trial's MLflow run
 _SQLITE = "sqlite:///"

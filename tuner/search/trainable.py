@@ -26,14 +26,14 @@ import ray
 import torch
 from ray import tune
 
+from ..runs.budget import SearchBudget, TrialPlan, steps_per_epoch, trial_plan
+from ..runs.storage import local_data
 from ..testing.faults import fault_hook, fault_point
 from ..train import data
-from ..train.budget import SearchBudget, TrialPlan, steps_per_epoch, trial_plan
 from ..train.checkpoint import CorruptCheckpoint, load_torch, save_torch
 from ..train.config import TrainConfig, make_config
 from ..train.engine import Diverged, Trainer
 from ..train.model import CHECKPOINT_FORMAT
-from .storage import local_data
 
 TRAINER_STATE = "trainer.pt"
 
@@ -95,7 +95,7 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: data.Imag
 
 
 def plan_for(hyperparameters: TrainConfig, budget: SearchBudget, train_images: int) -> TrialPlan:
-    """This trial's rounds: head-only trials on cached features take more, cheaper steps (see budget.py)."""
+    """This trial's rounds: head-only trials on cached features take more, cheaper steps (see runs/budget.py)."""
     head_only = hyperparameters.unfreeze_depth == 0 and hyperparameters.feature_cache
     epoch_steps = steps_per_epoch(train_images, hyperparameters.batch_size)
     return trial_plan(budget, epoch_steps, head_only=head_only)

@@ -26,9 +26,9 @@ from typing import Any
 import optuna
 
 from ..errors import UserError, first_line
-from .run_files import STUDY_FILE, read_run_record
+from ..runs.run_files import STUDY_FILE, read_run_record
+from ..runs.storage import filesystem, is_uri, join
 from .space import DefineByRun
-from .storage import filesystem, is_uri, join
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # FAIL: errored or diverged
 

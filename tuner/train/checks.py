@@ -1,4 +1,4 @@
-"""One checker for typed values: hyperparameters (config.py) and run settings (search/settings.py).
+"""One checker for typed values: hyperparameters (config.py) and run settings (runs/settings.py).
 
 A value is checked against its dataclass annotation ("int", "float | None", ...), then its choices or
 its range. Every error is one line that names the value, what was given and what is allowed.

@@ -1,8 +1,8 @@
 """What became of a trial, one rule for every view of a search: no Ray here.
 
-The finished tables (results.py, from Ray's ResultGrid), the report of a search still running
-(report/run.py, from Ray's trial_*/result.json files) and the progress lines (progress.py, from Ray's
-Trial objects) all say a trial's status, best epoch, error and trials.parquet row through this module.
+The finished tables (search/results.py, from Ray's ResultGrid), the report of a search still running
+(report/run.py, from Ray's trial_*/result.json files) and the progress lines (search/progress.py, from
+Ray's Trial objects) all say a trial's status, best epoch, error and trials.parquet row through this module.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..train.budget import ran_whole_budget
 from ..train.config import field_names, is_better
+from .budget import ran_whole_budget
 
 # A trial's status in trials.parquet (stopped_early: by ASHA or the time budget; diverged: a NaN/inf loss;
 # running: a search still going has trials without an outcome yet).

@@ -1,7 +1,7 @@
 """The files of a search's run folder (RUN = STORAGE/NAME) that several modules read: no Ray here.
 
-driver.py writes them, results.py fills the tables, report/ reads them on any machine; what a table's
-row holds (columns, statuses) is outcomes.py's.
+search/driver.py writes them, search/results.py fills the tables, report/ reads them on any machine;
+what a table's row holds (columns, statuses) is outcomes.py's.
 """
 
 from __future__ import annotations

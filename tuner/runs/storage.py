@@ -1,7 +1,8 @@
 """Data and run folders behind URIs (s3://, gs://, file://, anything pyarrow.fs understands).
 
 A dataset URI is fetched once per node into a local cache that every trial on the node shares; a run
-folder URI is written through pyarrow.fs. Plain paths stay plain paths and are used in place.
+folder URI is written through pyarrow.fs. Plain paths stay plain paths and are used in place. No torch
+here at import: fetching a dataset takes the node cache's lock (train/cache.py) when it runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from ..errors import UserError
-from ..train.cache import cache_root, node_lock
 
 _COMPLETE = ".tuner-complete"  # written last: a folder without it is an interrupted fetch
 
@@ -35,6 +35,8 @@ def local_data(location: str) -> Path:
     """A local folder holding the dataset at `location`: the folder itself, or the node's cached copy."""
     if not is_uri(location):
         return Path(location).expanduser().resolve()
+    from ..train.cache import cache_root, node_lock  # train/cache.py loads torch: only for a URI, on a trial's node
+
     target = cache_root() / "data" / hashlib.sha256(location.encode()).hexdigest()[:16]
     if (target / _COMPLETE).is_file():
         return target
