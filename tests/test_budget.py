@@ -1,19 +1,9 @@
-"""The budget policy (tuner/runs/budget.py): sizes by the dataset, trial rounds, and ASHA's rungs in budget steps."""
+"""The budget policy (tuner/runs/budget.py): sizes by the dataset, and ASHA's rungs in budget steps."""
 
 import pytest
 from ray.tune.schedulers import ASHAScheduler
 
-from tuner.report.page import _rungs
-from tuner.runs.budget import (
-    HEAD_ONLY_STEPS,
-    MAX_PASSES,
-    ROUNDS,
-    SearchBudget,
-    default_steps,
-    ran_whole_budget,
-    search_budget,
-    trial_plan,
-)
+from tuner.runs.budget import MAX_PASSES, ROUNDS, SearchBudget, asha_rungs, default_steps, search_budget
 
 
 @pytest.mark.parametrize(("images", "batch", "steps"), [
@@ -43,28 +33,10 @@ def test_search_budget_by_data_by_steps_and_by_epochs():
     assert search_budget(100, 32, max_steps=5, grace_period=9).grace_steps == 5  # never past the budget
 
 
-@pytest.mark.parametrize(("budget", "epoch_steps", "head_only", "plan"), [
-    # (steps, round_steps), steps an epoch -> (round_epochs, rounds, optimizer steps, per budget step)
-    ((120, 13), 4, False, (3, 10, 120, 1)),  # rounds of whole epochs: 12 steps each
-    ((60, 6), 2, False, (3, 10, 60, 1)),
-    ((500, 55), 20, False, (3, 9, 540, 1)),  # the last round ends past the budget, never before it
-    ((10_000, 1111), 3125, False, (1, 4, 12_500, 1)),  # large data: a round is one epoch
-    ((120, 13), 4, True, (32, 10, 1280, HEAD_ONLY_STEPS)),  # head-only: ten cheap steps a budget step
-])
-def test_a_trial_plan_covers_the_budget_in_rounds_of_whole_epochs(budget, epoch_steps, head_only, plan):
-    got = trial_plan(SearchBudget(*budget, grace_steps=budget[1], reason=""), epoch_steps, head_only=head_only)
-    assert (got.round_epochs, got.rounds, got.steps, got.steps_per_budget_step) == plan
-    assert got.budget_spent(got.steps) >= budget[0]
-    assert ran_whole_budget(got.budget_spent(got.steps), budget[0])
-    assert not ran_whole_budget(got.budget_spent(got.steps - got.round_epochs * epoch_steps),
-                                budget[0])
-
-
 @pytest.mark.parametrize(("steps", "grace", "factor"), [(120, 13, 3), (500, 55, 3), (15, 5, 2), (24, 8, 4)])
-def test_the_reports_rungs_are_ashas_milestones(steps, grace, factor):
-    """The dotted lines of the report's learning curves are where Ray's ASHA really compares trials."""
+def test_the_recorded_rungs_are_ashas_milestones(steps, grace, factor):
+    """The rungs tuner.json records (the report's dotted lines) are where Ray's ASHA really compares trials."""
     budget = SearchBudget(steps, grace, grace, "")
     asha = ASHAScheduler(time_attr="budget_steps", max_t=steps, grace_period=grace, reduction_factor=factor)
     milestones = sorted(rung[0] for rung in asha._brackets[0]._rungs)
-    record = {"settings": {"early_stopping": True, "reduction_factor": factor}, "budget": budget.to_dict()}
-    assert _rungs(record) == [m for m in milestones if m < steps]
+    assert asha_rungs(budget, factor) == [m for m in milestones if m < steps]

@@ -81,3 +81,14 @@ def test_a_run_recorded_before_the_renames_still_reads():
 def test_a_recorded_setting_is_checked_on_resume(change, fragment):
     with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         recorded_settings({**asdict(RunSettings()), **change}, "runs/x")
+
+
+@pytest.mark.parametrize(("values", "steps", "rungs"), [
+    ({"max_steps": 15, "grace_period": 5, "reduction_factor": 2}, 15, [5, 10]),
+    ({"max_epochs": 6, "grace_period": 1, "reduction_factor": 3}, 24, [4, 12]),  # 100 images of 32: 4 steps an epoch
+    ({"max_steps": 15, "grace_period": 5, "early_stopping": False}, 15, []),  # no ASHA: no rungs
+])
+def test_the_settings_give_the_budget_and_ashas_rungs(values, steps, rungs):
+    settings = RunSettings(**values)
+    budget = settings.search_budget(100, 32)
+    assert budget.steps == steps and settings.asha_rungs(budget) == rungs

@@ -1,23 +1,21 @@
-"""How long a trial trains, in optimizer steps, sized by the dataset: the search's budget policy.
+"""How long a trial may train, in budget steps, sized by the dataset: the search's budget policy.
 
 Framework-free, in the manner of big_transfer's `bit_hyperrule`: `search_budget` turns the training
-set's size (or `--max-steps` / `--max-epochs`) into a SearchBudget, and `trial_plan` turns that into
-one trial's rounds. Budgets count optimizer steps, not epochs: with 100 images and batch 32 an epoch is
-4 steps, and a budget of 6 epochs (24 steps) cannot even fit a new head.
+set's size (or `--max-steps` / `--max-epochs`) into a SearchBudget, which a trial turns into its rounds
+and optimizer steps (train/plan.py: there a budget step is one optimizer step of a trial that runs the
+backbone, HEAD_ONLY_STEPS of a head-only one). Budgets count steps, not epochs: with 100 images and
+batch 32 an epoch is 4 steps, and a budget of 6 epochs (24 steps) cannot even fit a new head.
 
 A trial reports once per round (whole epochs worth ASHA's first rung, a ninth of the budget unless
 --grace-period says otherwise; at least one epoch), and ASHA decides at rounds too: its rungs are in
-budget steps, grace x reduction_factor^k. A budget step is one optimizer step of a trial that runs the
-backbone; a trial that trains only the head on cached features takes HEAD_ONLY_STEPS optimizer steps
-per budget step, because such a step costs about a thousandth of a backbone step (0.3 ms against 350 ms,
-ResNet-50 at 32 px on one core), so equal budgets are roughly equal compute and a head-only trial's budget
-buys a converged head.
+budget steps, grace x reduction_factor^k (`asha_rungs`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
+
+from ..train.plan import steps_per_epoch
 
 # BiT-HyperRule (Kolesnikov et al. 2020): training images below each bound -> optimizer steps.
 BIT_TIERS = ((20_000, 500), (500_000, 10_000), (None, 20_000))
@@ -26,7 +24,6 @@ BIT_TIERS = ((20_000, 500), (500_000, 10_000), (None, 20_000))
 # there (bench/transfer.py measures the curve).
 MAX_PASSES = 30
 ROUNDS = 9  # reports of a trial that runs its whole budget: ASHA's rungs fall on them (rf 3: 1, 3, 9)
-HEAD_ONLY_STEPS = 10  # optimizer steps per budget step for head-only trials on cached features
 
 
 @dataclass(frozen=True)
@@ -44,10 +41,6 @@ class SearchBudget:
     def describe(self) -> str:
         return (f"budget {self.steps} steps a trial ({self.reason}), a report every ~{self.round_steps} steps, "
                 f"ASHA's first decision after {self.grace_steps}")
-
-
-def steps_per_epoch(images: int, batch_size: int) -> int:
-    return max(1, math.ceil(images / batch_size))
 
 
 def default_steps(train_images: int, batch_size: int) -> tuple[int, str]:
@@ -80,29 +73,20 @@ def search_budget(train_images: int, batch_size: int, *, max_steps: int | None =
     return SearchBudget(steps, grace, grace, reason)
 
 
-@dataclass(frozen=True)
-class TrialPlan:
-    """One trial's share of the budget: `rounds` reports of `round_epochs` epochs, `steps` optimizer steps."""
-
-    round_epochs: int
-    rounds: int
-    steps: int  # optimizer steps in all: the LR schedule's length
-    steps_per_budget_step: int  # HEAD_ONLY_STEPS for head-only trials on cached features, else 1
-
-    def budget_spent(self, optimizer_steps: int) -> int:
-        """Budget steps that `optimizer_steps` of this trial cost (ASHA's time axis)."""
-        return optimizer_steps // self.steps_per_budget_step
-
-
-def trial_plan(budget: SearchBudget, epoch_steps: int, *, head_only: bool) -> TrialPlan:
-    """Rounds of whole epochs (so a checkpoint never falls inside an epoch) that cover the budget."""
-    per_budget_step = HEAD_ONLY_STEPS if head_only else 1
-    round_epochs = max(1, round(budget.round_steps * per_budget_step / epoch_steps))
-    rounds = math.ceil(budget.steps * per_budget_step / (round_epochs * epoch_steps))
-    return TrialPlan(round_epochs, rounds, rounds * round_epochs * epoch_steps, per_budget_step)
-
-
 def ran_whole_budget(spent: int | None, budget_steps: int) -> bool:
     """Whether a trial whose last report spent `spent` budget steps ran all of them (else ASHA or the time
     budget stopped it)."""
     return spent is not None and spent >= budget_steps
+
+
+def asha_rungs(budget: SearchBudget, reduction_factor: int) -> list[int]:
+    """The budget steps below the budget at which ASHA compares trials: grace x reduction_factor^k.
+
+    What Ray's ASHAScheduler holds as its milestones (tests/test_budget.py checks); at the budget itself
+    every trial stops anyway, so that milestone decides nothing and is left out.
+    """
+    rungs, spent = [], budget.grace_steps
+    while spent < budget.steps:
+        rungs.append(spent)
+        spent *= reduction_factor
+    return rungs

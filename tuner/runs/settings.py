@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import UserError
 from ..train.checks import Bounds, check_value
 from ..train.config import METRICS
+from .budget import SearchBudget, asha_rungs, search_budget
 
 KEEP_CHECKPOINTS = ("best", "all")
 
@@ -43,7 +44,7 @@ class RunSettings:
     metric: str = setting("val_acc", "val_acc (maximised) or val_loss (minimised)", in_space_file=True,
                           choices=tuple(METRICS))
     trials: int = setting(20, "trials to run", in_space_file=True, bounds=_AT_LEAST_ONE)
-    max_steps: int | None = setting(  # None: sized by the data (budget.py)
+    max_steps: int | None = setting(  # None: sized by the data (search_budget)
         None, "a trial's budget in optimizer steps, if ASHA never stops it (default: sized by the training set, "
               "printed when the search starts)", in_space_file=True, bounds=_AT_LEAST_ONE)
     max_epochs: int | None = setting(
@@ -110,6 +111,15 @@ class RunSettings:
     @property
     def mode(self) -> str:
         return METRICS[self.metric]
+
+    def search_budget(self, train_images: int, batch_size: int) -> SearchBudget:
+        """What every trial may spend: max_steps, else max_epochs, else sized by the data (runs/budget.py)."""
+        return search_budget(train_images, batch_size, max_steps=self.max_steps, max_epochs=self.max_epochs,
+                             grace_period=self.grace_period)
+
+    def asha_rungs(self, budget: SearchBudget) -> list[int]:
+        """The budget steps at which ASHA compares trials; none without early stopping."""
+        return asha_rungs(budget, self.reduction_factor) if self.early_stopping else []
 
     def check(self) -> None:
         """Raise a one-line UserError for a value of the wrong type or out of range, or two that clash."""

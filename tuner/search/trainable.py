@@ -26,7 +26,7 @@ import ray
 import torch
 from ray import tune
 
-from ..runs.budget import SearchBudget, TrialPlan, steps_per_epoch, trial_plan
+from ..runs.budget import SearchBudget
 from ..runs.storage import local_data
 from ..testing.faults import fault_hook, fault_point
 from ..train import data
@@ -34,6 +34,7 @@ from ..train.checkpoint import CorruptCheckpoint, load_torch, save_torch
 from ..train.config import TrainConfig, make_config
 from ..train.engine import Diverged, Trainer
 from ..train.model import CHECKPOINT_FORMAT
+from ..train.plan import TrialPlan, steps_per_epoch, trial_plan
 
 TRAINER_STATE = "trainer.pt"
 
@@ -95,10 +96,10 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: data.Imag
 
 
 def plan_for(hyperparameters: TrainConfig, budget: SearchBudget, train_images: int) -> TrialPlan:
-    """This trial's rounds: head-only trials on cached features take more, cheaper steps (see runs/budget.py)."""
+    """This trial's rounds: head-only trials on cached features take more, cheaper steps (see train/plan.py)."""
     head_only = hyperparameters.unfreeze_depth == 0 and hyperparameters.feature_cache
     epoch_steps = steps_per_epoch(train_images, hyperparameters.batch_size)
-    return trial_plan(budget, epoch_steps, head_only=head_only)
+    return trial_plan(budget.steps, budget.round_steps, epoch_steps, head_only=head_only)
 
 
 def load_trainer_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:
