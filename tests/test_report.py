@@ -18,7 +18,7 @@ from tuner.errors import UserError
 from tuner.report.analysis import best_model_analysis
 from tuner.report.importance import param_importances
 from tuner.report.page import summary_lines, write_report
-from tuner.report.run import open_run
+from tuner.report.run import open_run, ranked
 from tuner.train import data
 
 FIGURES = ("best_so_far.png", "learning_curves.png", "importance.png", "hyperparameters.png", "parallel.png",
@@ -413,6 +413,37 @@ def test_a_run_made_before_the_epochs_run_column_is_reported_with_it(tmp_path):
     assert not any("epochs" in t for t in by_id.values())
 
 
+def test_a_run_recorded_before_distributions_and_rungs_is_reported_with_derived_ones(tmp_path):
+    """RECORD is a tuner.json from before it held the distributions and rungs: the learning rates get a log
+    axis (the rule reports guessed by), the rungs come from its budget (grace 1, factor 2, 3 steps)."""
+    run = _problem_run(tmp_path / "old-record")
+    assert "distributions" not in RECORD and "rungs" not in RECORD
+    with open_run(str(run)) as loaded:
+        assert loaded.log_scaled == {"lr_head"} and loaded.rungs == [1, 2]
+    _check_problem_page(write_report(str(run)))
+
+
+def _distribution(name, log):
+    return {"name": name, "kind": "float", "low": 1e-5, "high": 1.0, "log": log, "step": None, "choices": None}
+
+
+def test_an_axis_is_log_exactly_where_the_space_searched_on_a_log_scale(tmp_path):
+    """A rate drawn uniformly gets a linear axis, a log-drawn one without an lr_ prefix a log axis."""
+    from tuner.report import figures
+
+    record = {**RECORD, "searched": ["lr_head", "aug_strength"], "rungs": [1],
+              "distributions": [_distribution("lr_head", False), _distribution("aug_strength", True)]}
+    run = _problem_run(tmp_path / "declared")
+    (run / "tuner.json").write_text(json.dumps(record))
+    with open_run(str(run)) as loaded:
+        assert loaded.log_scaled == {"aug_strength"} and loaded.rungs == [1]
+        trials, names = ranked(loaded), loaded.searched
+        figure = figures.metric_by_hyperparameter(trials, names, "val_acc", tmp_path / "hyper.png",
+                                                  log_scaled=loaded.log_scaled)
+    assert [ax.get_xscale() for ax in figure.axes[:len(names)]] == ["linear", "log"]
+    _check_problem_page(write_report(str(run)))
+
+
 def test_a_running_search_knows_diverged_trials_errors_and_warnings_from_ray_files(tmp_path):
     """The same trials as Ray's trial_*/result.json (NaN written as NaN), params.json and error.txt."""
     run = tmp_path / "running"
@@ -454,8 +485,8 @@ def test_figures_leave_out_nan_points(tmp_path):
               {"val_acc": NAN, "status": "diverged", "lr_head": 1e-2},
               {"val_acc": None, "status": "errored", "lr_head": 1e-4}]
     figures.best_so_far(trials, [(1.0, 0.4), (2.0, NAN), (3.0, 0.6)], "val_acc", "max", tmp_path / "best.png")
-    figures.metric_by_hyperparameter(trials, ["lr_head"], "val_acc", tmp_path / "hyper.png")
-    figures.parallel_coordinates(trials, ["lr_head"], "val_acc", tmp_path / "parallel.png")
+    figures.metric_by_hyperparameter(trials, ["lr_head"], "val_acc", tmp_path / "hyper.png", log_scaled={"lr_head"})
+    figures.parallel_coordinates(trials, ["lr_head"], "val_acc", tmp_path / "parallel.png", log_scaled={"lr_head"})
     for name in ("curves.png", "best.png", "hyper.png", "parallel.png"):
         with Image.open(tmp_path / name) as image:
             image.verify()

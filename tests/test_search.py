@@ -78,6 +78,27 @@ def test_budgets_are_steps_recorded_in_both_tables(finished):
     assert {row["budget_steps"] for row in trials} <= {5, 10, 15} and 15 in {row["budget_steps"] for row in trials}
 
 
+def test_the_record_holds_each_searched_distribution_and_ashas_rungs(finished):
+    """What the report reads instead of guessing: the space's distributions (conftest.SEARCH_SPACE) and the
+    budget steps at which ASHA compares trials (grace 5, factor 2, budget 15)."""
+    run, _ = finished
+    record = json.loads((run / "tuner.json").read_text())
+    assert record["rungs"] == [5, 10]
+    declared = {item["name"]: item for item in record["distributions"]}
+    assert list(declared) == record["searched"]
+    rate = {"kind": "float", "low": 1e-5, "high": 1e-3, "log": True, "step": None, "choices": None}
+    assert declared == {
+        "unfreeze_depth": {"name": "unfreeze_depth", "kind": "int", "low": 0, "high": 2, "log": False, "step": 1,
+                           "choices": None},
+        "lr_head": {"name": "lr_head", "kind": "float", "low": 1e-4, "high": 1e-2, "log": True, "step": None,
+                    "choices": None},
+        "lr_layer4": {"name": "lr_layer4", **rate},
+        "lr_layer3": {"name": "lr_layer3", **rate},
+        "aug_strength": {"name": "aug_strength", "kind": "float", "low": 0.0, "high": 0.5, "log": False,
+                         "step": None, "choices": None},
+    }
+
+
 def test_trials_reuse_worker_processes_and_share_the_node_cache(finished, node_cache, setup):
     run, _ = finished
     pids = set()

@@ -111,3 +111,24 @@ def test_settings_may_turn_early_stopping_off(tmp_path):
     space = load_space(write_space(tmp_path, "SETTINGS = {'early_stopping': False}\ndef space(trial):\n    pass\n"))
     assert settings_for(space, {}).early_stopping is False
     assert settings_for(space, {"sampler_seed": 4}).sampler_seed == 4
+
+
+def test_each_searched_distribution_is_recorded_as_the_space_declared_it(tmp_path):
+    """What RUN/tuner.json keeps for the report: kind, bounds, log, step and choices, in the order drawn."""
+    space = load_space(write_space(tmp_path, """
+        def space(trial):
+            trial.suggest_float("lr_head", 1e-4, 1e-2, log=True)
+            trial.suggest_int("unfreeze_depth", 0, 4, step=2)
+            trial.suggest_float("aug_strength", 0.0, 1.0, step=0.25)
+            trial.suggest_categorical("optimizer", ["sgd", "adamw"])
+    """))
+    check_space(space)
+    assert space.searched == ["lr_head", "unfreeze_depth", "aug_strength", "optimizer"]
+    assert space.distributions == [
+        {"name": "lr_head", "kind": "float", "low": 1e-4, "high": 1e-2, "log": True, "step": None, "choices": None},
+        {"name": "unfreeze_depth", "kind": "int", "low": 0, "high": 4, "log": False, "step": 2, "choices": None},
+        {"name": "aug_strength", "kind": "float", "low": 0.0, "high": 1.0, "log": False, "step": 0.25,
+         "choices": None},
+        {"name": "optimizer", "kind": "categorical", "low": None, "high": None, "log": False, "step": None,
+         "choices": ["sgd", "adamw"]},
+    ]

@@ -6,6 +6,7 @@ Each function draws one figure with a title and labelled axes and saves it to `p
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +30,17 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def is_log_scale(name: str) -> bool:
-    """Rates and weight decay are searched on a log scale; their axes are too."""
-    return name.startswith("lr_") or name == "weight_decay"
-
-
 def is_categorical(values: list[Any]) -> bool:
     """Ints (unfreeze_depth), bools and strings are categories, not a continuous axis."""
     return all(isinstance(v, (bool, int, str)) for v in values)
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path):
+    """Write `fig` to `path` and close it; returns it (closed, its axes still say how it was drawn)."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def best_so_far(trials: list[dict], points: list[tuple[float, float]], metric: str, mode: str,
@@ -113,8 +111,13 @@ def importance_bars(importances: dict[str, float], path: Path) -> None:
     _save(fig, path)
 
 
-def metric_by_hyperparameter(trials: list[dict], names: list[str], metric: str, path: Path) -> None:
-    """One small panel per searched hyperparameter: each trial's best `metric` against its value."""
+def metric_by_hyperparameter(trials: list[dict], names: list[str], metric: str, path: Path, *,
+                             log_scaled: Collection[str]):
+    """One small panel per searched hyperparameter: each trial's best `metric` against its value; returns
+    the figure, closed.
+
+    log_scaled: the names whose axis is log (the space searched them on a log scale).
+    """
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
@@ -128,13 +131,13 @@ def metric_by_hyperparameter(trials: list[dict], names: list[str], metric: str, 
             ax.set_xticks(range(len(categories)), [str(c) for c in categories])
         else:
             ax.scatter(values, [t[metric] for t in shown], c=colors, s=22)
-            if is_log_scale(name):
+            if name in log_scaled:
                 _log_axis(ax)
         ax.set(title=f"{name} ({len(shown)} of {len(trials)} trials)", xlabel=name, ylabel=metric)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     fig.suptitle(f"{metric} against each searched hyperparameter (colour: outcome)")
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def _log_axis(ax) -> None:
@@ -145,14 +148,18 @@ def _log_axis(ax) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def parallel_coordinates(trials: list[dict], names: list[str], metric: str, path: Path) -> None:
-    """Top trials as lines across normalised hyperparameter axes (log for rates), coloured by `metric`."""
+def parallel_coordinates(trials: list[dict], names: list[str], metric: str, path: Path, *,
+                         log_scaled: Collection[str]) -> None:
+    """Top trials as lines across normalised hyperparameter axes, coloured by `metric`.
+
+    log_scaled: the names whose axis is log (the space searched them on a log scale).
+    """
     trials = [t for t in trials if _finite(t.get(metric))]  # a line needs its colour
     axes_names = [*names, metric]
     scaled: dict[str, list[float]] = {}
     labels: dict[str, tuple[str, str]] = {}
     for name in axes_names:
-        scaled[name], labels[name] = _normalised_axis([t.get(name) for t in trials], name)
+        scaled[name], labels[name] = _normalised_axis([t.get(name) for t in trials], log=name in log_scaled)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(axes_names)), 4.5))
     values = [t[metric] for t in trials]
     norm = Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1e-9)
@@ -173,7 +180,7 @@ def parallel_coordinates(trials: list[dict], names: list[str], metric: str, path
     ax.set_ylim(_NOT_USED - 0.1, 1.1)
     ax.set_yticks([])
     ax.set(title=f"Top {len(trials)} trials across the searched hyperparameters",
-           xlabel="hyperparameter (each axis: its range among these trials, log for rates)",
+           xlabel="hyperparameter (each axis: its range among these trials, log where searched so)",
            ylabel="position on the axis (low to high)")
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
     _save(fig, path)
@@ -182,7 +189,7 @@ def parallel_coordinates(trials: list[dict], names: list[str], metric: str, path
 _NOT_USED = -0.2  # the parallel-coordinates level of a hyperparameter a trial does not have
 
 
-def _normalised_axis(values: list[Any], name: str) -> tuple[list[float], tuple[str, str]]:
+def _normalised_axis(values: list[Any], *, log: bool) -> tuple[list[float], tuple[str, str]]:
     """Values mapped to 0..1 (NaN where missing) and the (low, high) labels of the axis."""
     present = [v for v in values if v is not None]
     if not present:
@@ -192,7 +199,7 @@ def _normalised_axis(values: list[Any], name: str) -> tuple[list[float], tuple[s
         span = max(len(categories) - 1, 1)
         return ([math.nan if v is None else categories.index(v) / span for v in values],
                 (str(categories[0]), str(categories[-1])))
-    transform = (lambda v: math.log10(v)) if is_log_scale(name) and min(present) > 0 else float
+    transform = (lambda v: math.log10(v)) if log and min(present) > 0 else float
     low, high = transform(min(present)), transform(max(present))
     span = high - low or 1.0
     return ([math.nan if v is None else (transform(v) - low) / span for v in values],

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ..errors import first_line
 from ..runs.run_files import STUDY_FILE
-from . import figures
 from .run import RunData, ranked
 
 
@@ -96,7 +95,7 @@ def _study_from_table(run: RunData):
     )
 
     rows = [t for t in ranked(run) if t["status"] != "errored"]
-    distributions = {}
+    distributions, log_scaled = {}, run.log_scaled
     for name in run.searched:
         values = [r[name] for r in rows if r.get(name) is not None]
         if not values:
@@ -107,7 +106,7 @@ def _study_from_table(run: RunData):
             distributions[name] = IntDistribution(min(values), max(values))
         else:
             distributions[name] = FloatDistribution(min(values), max(values),
-                                                    log=figures.is_log_scale(name) and min(values) > 0)
+                                                    log=name in log_scaled and min(values) > 0)
     study = optuna.create_study(direction="maximize" if run.mode == "max" else "minimize")
     for row in rows:
         params = {n: row[n] for n in distributions if row.get(n) is not None}

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import first_line
-from ..runs.budget import SearchBudget
 from ..runs.outcomes import has_result, hyperparameter_columns
 from ..runs.run_files import TRIAL_LOGS
 from ..runs.storage import is_uri
@@ -101,7 +100,7 @@ def _build(run: RunData, out: Path, top: int) -> str:
         page.figure("best_so_far.png", lambda p: figures.best_so_far(run.trials, points, metric, run.mode, p),
                     "Best result so far, by trial (in the order trials started) and by wall-clock time.")
         page.figure("learning_curves.png",
-                    lambda p: figures.learning_curves(_curves(run), metric, _rungs(run.record), p),
+                    lambda p: figures.learning_curves(_curves(run), metric, run.rungs, p),
                     "Every trial's validation curve by budget step. Dotted lines: the steps where ASHA compares "
                     "trials and stops the weaker ones. A cross ends the curve of a trial whose training loss became "
                     "NaN or infinite (diverged); that epoch has no validation result.")
@@ -117,13 +116,16 @@ def _build(run: RunData, out: Path, top: int) -> str:
         page.p(f"No importance figure: {importance.note}. (Source: {importance.source}.)")
     names = [n for n in run.searched if any(t.get(n) is not None for t in best)]
     if best and names:
-        page.figure("hyperparameters.png", lambda p: figures.metric_by_hyperparameter(best, names, metric, p),
+        log_scaled = run.log_scaled  # the axes the space searched on a log scale
+        page.figure("hyperparameters.png",
+                    lambda p: figures.metric_by_hyperparameter(best, names, metric, p, log_scaled=log_scaled),
                     f"Each trial's best {metric} against each searched hyperparameter; colour: outcome "
                     "(blue completed, orange stopped early, purple diverged, red errored, green running).")
-        page.figure("parallel.png", lambda p: figures.parallel_coordinates(best[:top], names, metric, p),
+        page.figure("parallel.png",
+                    lambda p: figures.parallel_coordinates(best[:top], names, metric, p, log_scaled=log_scaled),
                     f"The top {min(top, len(best))} trials: one line each across the searched hyperparameters, "
-                    "each axis spanning their range (log for rates); a gap is a hyperparameter the trial "
-                    "did not have.")
+                    "each axis spanning their range (log where the space searched on a log scale); a gap is a "
+                    "hyperparameter the trial did not have.")
 
     page.h2(f"Top {min(top, len(best))} trials by {metric}")
     page.trial_table(best[:top], run)
@@ -171,18 +173,6 @@ def _curves(run: RunData) -> dict[str, tuple[str, list[int], list[float]]]:
         xs.append(row["budget_steps"])
         ys.append(row[run.metric])
     return curves
-
-
-def _rungs(record: dict[str, Any]) -> list[int]:
-    """The budget steps at which ASHA decides (grace x reduction_factor^k below the budget)."""
-    settings, budget = record["settings"], SearchBudget(**record["budget"])
-    if not settings.get("early_stopping", True):
-        return []
-    rungs, spent = [], budget.grace_steps
-    while spent < budget.steps:
-        rungs.append(spent)
-        spent *= settings["reduction_factor"]
-    return rungs
 
 
 def _error_logs(run: RunData) -> list[tuple[str, list[tuple[str, str]]]]:

@@ -31,7 +31,14 @@ from ..runs.outcomes import (
     trial_status,
     with_current_names,
 )
-from ..runs.run_files import RUN_RECORD, damaged_record, not_a_run, parse_run_record
+from ..runs.run_files import (
+    RUN_RECORD,
+    damaged_record,
+    not_a_run,
+    parse_run_record,
+    recorded_rungs,
+    searched_distributions,
+)
 from ..runs.storage import filesystem, is_uri
 from ..train.config import METRICS
 
@@ -66,6 +73,16 @@ class RunData:
     @property
     def searched(self) -> list[str]:
         return list(self.record.get("searched", []))
+
+    @property
+    def log_scaled(self) -> set[str]:
+        """The searched hyperparameters the space drew on a log scale: their axes are log too."""
+        return {name for name, item in searched_distributions(self.record).items() if item["log"]}
+
+    @property
+    def rungs(self) -> list[int]:
+        """The budget steps at which ASHA compared trials."""
+        return recorded_rungs(self.record)
 
     def fetch(self, relative: str) -> Path | None:
         """The local path of RUN/`relative` (copied from a URI the first time), or None if there is none."""

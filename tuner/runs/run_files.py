@@ -10,9 +10,10 @@ import json
 from typing import Any
 
 from ..errors import UserError
+from .budget import SearchBudget, asha_rungs
 from .storage import join, read_file_text
 
-RUN_RECORD = "tuner.json"  # what resume needs: the space file's path, the run settings, the fixed values
+RUN_RECORD = "tuner.json"  # what resume and report need: space file, settings, fixed values, distributions, rungs
 STUDY_FILE = "optuna.db"  # the search's Optuna study (SQLite): optuna-dashboard and optuna.load_study read it
 TRIAL_LOGS = ("stdout.log", "stderr.log")  # each trial's output, in RUN/trial_<id>/ (RunConfig.log_to_file)
 _RECORD_KEYS = ("space", "settings", "fixed", "searched", "budget")
@@ -50,3 +51,30 @@ def read_run_record(run: str) -> dict[str, Any]:
     except UnicodeDecodeError as err:  # a binary file in its place
         raise damaged_record(run, err) from None
     return parse_run_record(text, run)
+
+
+def searched_distributions(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each searched hyperparameter's distribution by name, as the space declared it: name, kind (float, int
+    or categorical), low, high, log, step, choices (search/space.py distribution_record writes them).
+
+    A run recorded before tuner.json held them gets log for learning rates and weight decay, the rule
+    reports guessed by then, and nothing else (kind, bounds and choices None).
+    """
+    if "distributions" in record:
+        return {item["name"]: item for item in record["distributions"]}
+    return {name: {"name": name, "kind": None, "low": None, "high": None, "step": None, "choices": None,
+                   "log": name.startswith("lr_") or name == "weight_decay"} for name in record["searched"]}
+
+
+def recorded_rungs(record: dict[str, Any]) -> list[int]:
+    """The budget steps at which ASHA compared the run's trials (none without early stopping).
+
+    A run recorded before tuner.json held them gets them from its budget and settings, as its search
+    computed them (budget.asha_rungs).
+    """
+    if "rungs" in record:
+        return list(record["rungs"])
+    settings = record["settings"]
+    if not settings.get("early_stopping", True):  # runs before the setting always stopped early
+        return []
+    return asha_rungs(SearchBudget(**record["budget"]), settings["reduction_factor"])

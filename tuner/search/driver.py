@@ -2,7 +2,8 @@
 
 `run_search` starts a new search, `resume_search` continues an interrupted one; both end by writing
 the run's tables and `best/` (see results.py). The run's own record, RUN/tuner.json, holds what a
-resume needs: the space file's path (as the user named it), the run settings and the fixed values.
+resume needs: the space file's path (as the user named it), the run settings and the fixed values; and
+what a report needs: each searched hyperparameter's distribution and ASHA's rungs (runs/run_files.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError, first_line
-from ..runs.budget import SearchBudget, search_budget
+from ..runs.budget import SearchBudget
 from ..runs.outcomes import has_result, trial_status
 from ..runs.run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, read_run_record
 from ..runs.settings import RunSettings, recorded_settings
@@ -108,8 +109,7 @@ def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
     base = make_config(space.fixed)
     if base.weights != "none":
         build_model(base, num_classes=len(splits.classes))  # missing ImageNet file or bad path: stop now
-    budget = search_budget(len(splits.train), base.batch_size, max_steps=settings.max_steps,
-                           max_epochs=settings.max_epochs, grace_period=settings.grace_period)
+    budget = settings.search_budget(len(splits.train), base.batch_size)
     return space, settings, splits, weights_choice, budget
 
 
@@ -342,7 +342,8 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
                  if settings.early_stopping else FIFOScheduler())
     with staged(run) as folder:
         save_json({"space": str(space.path), "settings": asdict(settings), "fixed": space.fixed,
-                   "searched": space.searched, "weights_choice": weights_choice, "budget": budget.to_dict(),
+                   "searched": space.searched, "distributions": space.distributions,
+                   "weights_choice": weights_choice, "budget": budget.to_dict(), "rungs": settings.asha_rungs(budget),
                    "compute": compute.to_dict() if compute else None}, folder / RUN_RECORD)
     if warm:
         print(warm.describe())

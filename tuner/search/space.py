@@ -42,6 +42,8 @@ class SearchSpace:
     # Hyperparameters fixed for every trial that the space file itself does not set (from SETTINGS).
     fixed: dict[str, Any] = field(default_factory=dict)
     searched: list[str] = field(default_factory=list)
+    # Each searched hyperparameter's distribution as the file declares it, for RUN/tuner.json (distribution_record).
+    distributions: list[dict[str, Any]] = field(default_factory=list)
 
     def define_by_run(self) -> DefineByRun:
         """What OptunaSearch calls for every trial: the file's space(trial) plus the fixed values."""
@@ -105,7 +107,19 @@ def check_space(space: SearchSpace) -> None:
     for name in space.fixed:
         if name not in field_names():
             raise UserError(unknown_key_message(name))
-    space.searched = _check_draws(space.define_by_run(), space.path)
+    declared = _check_draws(space.define_by_run(), space.path)
+    space.searched = list(declared)
+    space.distributions = [distribution_record(name, distribution) for name, distribution in declared.items()]
+
+
+def distribution_record(name: str, distribution: optuna.distributions.BaseDistribution) -> dict[str, Any]:
+    """A suggested hyperparameter's distribution as RUN/tuner.json keeps it (runs/run_files.py reads it)."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return {"name": name, "kind": "categorical", "low": None, "high": None, "log": False, "step": None,
+                "choices": list(distribution.choices)}
+    kind = "int" if isinstance(distribution, optuna.distributions.IntDistribution) else "float"
+    return {"name": name, "kind": kind, "low": distribution.low, "high": distribution.high, "log": distribution.log,
+            "step": distribution.step, "choices": None}
 
 
 def _import(path: Path):
@@ -158,11 +172,12 @@ def _checked_start(module, path: Path) -> list[dict[str, Any]]:
     return [dict(point) for point in start]
 
 
-def _check_draws(function: DefineByRun, path: Path) -> list[str]:
-    """Run `space` on a few random Optuna trials; every draw must make a valid TrainConfig."""
+def _check_draws(function: DefineByRun, path: Path) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Run `space` on a few random Optuna trials; every draw must make a valid TrainConfig. Returns each
+    suggested name's distribution in the order first drawn (a name drawn twice keeps its first)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    searched: list[str] = []
+    searched: dict[str, optuna.distributions.BaseDistribution] = {}
     for _ in range(_VALIDATION_DRAWS):
         trial = study.ask()
         try:
@@ -174,8 +189,7 @@ def _check_draws(function: DefineByRun, path: Path) -> list[str]:
         for name in trial.params:
             if name not in field_names():
                 raise UserError(f"space(trial) in {str(path)!r} suggests {unknown_key_message(name)}")
-            if name not in searched:
-                searched.append(name)
+            searched.setdefault(name, trial.distributions[name])
         for length in ("epochs", "steps"):  # constants include the fixed values (SETTINGS, --set)
             if length in trial.params or length in constants:
                 raise UserError(f"{str(path)!r} sets {length}; a search sets a trial's length with --max-steps "
