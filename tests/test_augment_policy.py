@@ -8,16 +8,10 @@ import pytest
 
 from tuner.errors import UserError
 from tuner.train.augment import BatchAugment
-from tuner.train.augment_policy import AugmentPolicy, readme_table
+from tuner.train.augment_policy import AugmentPolicy
 from tuner.train.data import crop_transforms
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_readmes_table_is_the_generated_one():
-    section = (ROOT / "README.md").read_text().split("### Augmentation strength", 1)[1].split("\n### ", 1)[0]
-    table = [line for line in section.splitlines() if line.startswith("|")]
-    assert table == readme_table(), "paste augment_policy.readme_table() into README's Augmentation strength"
 
 
 def test_strength_zero_is_the_eval_transform_with_nothing_random():

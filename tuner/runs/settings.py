@@ -90,7 +90,7 @@ class RunSettings:
         False, "the --address cluster adds nodes on demand (cluster.yaml): do not require the trials' GPUs and "
                "CPUs to be there when the search starts")
     early_stopping: bool = setting(  # False: no ASHA, a baseline for ASHA's savings
-        True, "run every trial to --max-epochs (no ASHA); a baseline for what ASHA saves", in_space_file=True)
+        True, "run every trial to its whole budget (no ASHA); a baseline for what ASHA saves", in_space_file=True)
     # Tell Optuna a trial that ASHA stopped as COMPLETE with its best score (Ray's own way) instead of PRUNED
     # with its scores by step (TPE then ranks it by how far it got): bench/transfer.py compares the two.
     stopped_as_complete: bool = setting(
@@ -106,7 +106,8 @@ class RunSettings:
                                     "(files that are not images by their extension are always skipped)",
                                     train_flag=True)
     # The space's own built-in data when no --data is given (demo.py); a space file's choice, no flag.
-    demo_data: bool = setting(False, "", in_space_file=True, has_flag=False)
+    demo_data: bool = setting(False, "use the space's built-in demo data, written on first use, when no --data "
+                                     "is given", in_space_file=True, has_flag=False)
 
     @property
     def mode(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,75 +30,117 @@ METRICS = {"val_acc": "max", "val_loss": "min"}
 IMAGE_ONLY = ("cutmix", "random_erasing")
 
 
+def hyperparameter(default: Any, help: str) -> Any:
+    """A TrainConfig field with its one-sentence meaning, from which docs/hyperparameters.md's table is rendered."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # --- model ---
-    model: str = "resnet50"  # the product's backbone; smaller/larger ResNets share its stage layout
-    weights: str = "imagenet"  # transfer learning needs pretrained features; "none" or a file path otherwise
-    dropout: float = 0.0  # before the new head; small datasets sometimes want 0.2-0.5
+    model: str = hyperparameter(  # the product's backbone; smaller/larger ResNets share its stage layout
+        "resnet50", "The torchvision ResNet to fine-tune.")
+    weights: str = hyperparameter(  # transfer learning needs pretrained features; "none" or a file path otherwise
+        "imagenet", "The starting weights: `imagenet` (torchvision's), `none` (random init) or a state_dict file.")
+    dropout: float = hyperparameter(  # small datasets sometimes want 0.2-0.5
+        0.0, "Dropout probability before the new head.")
     # --- what trains ---
-    unfreeze_depth: int = 2  # the seed recipe trains layer3+layer4+head; 0 = feature extraction
-    unfreeze_every: int = 0  # >0: start head-only, unfreeze one more stage every k epochs (gradual)
-    bn_mode: str = "train"  # "frozen" keeps all batch norm in eval mode (better for small batches)
+    unfreeze_depth: int = hyperparameter(  # the seed recipe trains layer3+layer4+head; 0 = feature extraction
+        2, "Backbone stages trained besides the head, from the top: 0 is feature extraction, 1 adds layer4, "
+           "4 every residual stage, 5 the stem too.")
+    unfreeze_every: int = hyperparameter(
+        0, "Gradual unfreezing when k > 0: start head-only and unfreeze one more stage every k epochs until "
+           "`unfreeze_depth`.")
+    bn_mode: str = hyperparameter(  # "frozen" is better for small batches
+        "train", "`train`: the batch norm of trained stages updates its statistics; `frozen`: every batch norm "
+                 "stays in eval mode.")
     # --- learning rates (per stage) ---
-    lr_head: float = 1e-3  # the seed's head rate: a new layer needs the largest steps
-    lr_layer4: float | None = None  # None: the rate of the stage above times lr_decay
-    lr_layer3: float | None = None
-    lr_layer2: float | None = None
-    lr_layer1: float | None = None
-    lr_stem: float | None = None
+    lr_head: float = hyperparameter(  # the seed's head rate: a new layer needs the largest steps
+        1e-3, "Learning rate of the new head.")
+    lr_layer4: float | None = hyperparameter(None, "Learning rate of layer4; None: the head's times `lr_decay`.")
+    lr_layer3: float | None = hyperparameter(None, "Learning rate of layer3; None: layer4's times `lr_decay`.")
+    lr_layer2: float | None = hyperparameter(None, "Learning rate of layer2; None: layer3's times `lr_decay`.")
+    lr_layer1: float | None = hyperparameter(None, "Learning rate of layer1; None: layer2's times `lr_decay`.")
+    lr_stem: float | None = hyperparameter(None, "Learning rate of the stem; None: layer1's times `lr_decay`.")
     # None: 0.1 with pretrained weights (head 1e-3 -> layer4 1e-4 as in the seed; lower stages keep more
     # of what they learnt), 1.0 from random init (0.1 would leave layer1 at 1e-7: nothing to keep there).
-    lr_decay: float | None = None
+    lr_decay: float | None = hyperparameter(
+        None, "Factor from a stage's rate to the next stage down where no rate is given; None: 0.1 with "
+              "pretrained weights, 1.0 with `weights=none`.")
     # --- optimizer and schedule ---
-    optimizer: str = "adamw"  # with weight_decay 0 this is the seed's Adam
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
-    weight_decay: float = 1e-4  # mild; never applied to batch-norm or bias parameters
-    label_smoothing: float = 0.0
+    optimizer: str = hyperparameter(  # with weight_decay 0 this is the seed's Adam
+        "adamw", "The optimizer of every parameter group.")
+    momentum: float = hyperparameter(0.9, "Momentum of `sgd`.")
+    nesterov: bool = hyperparameter(False, "Nesterov momentum for `sgd`.")
+    weight_decay: float = hyperparameter(  # mild
+        1e-4, "Weight decay (decoupled with AdamW), never applied to batch-norm or bias parameters.")
+    label_smoothing: float = hyperparameter(0.0, "Label smoothing of the cross-entropy loss.")
     # --- regularisers (torchvision's MixUp/CutMix, torch's AveragedModel; 0 = off, as in the seed) ---
     # Beta(alpha, alpha) mixing of the training batch after the batch augmentation, soft targets; never at
     # evaluation. Off by default: on a few hundred images they cost more epochs than a short run has
     # (bench/regularisers.py). torchvision's recipes use mixup 0.2 and cutmix 1.0.
-    mixup: float = 0.0
-    cutmix: float = 0.0  # images only: cached-feature (head-only) epochs have no pixels to cut
+    mixup: float = hyperparameter(0.0, "MixUp's alpha (torchvision's `v2.MixUp`); 0 is off.")
+    cutmix: float = hyperparameter(  # images only: cached-feature (head-only) epochs have no pixels to cut
+        0.0, "CutMix's alpha (torchvision's `v2.CutMix`); 0 is off.")
     # Per-image probability of erasing a random box (torchvision's RandomErasing: 2-33% of the area, aspect
     # 0.3-3.3, filled with the mean colour); images only, like cutmix.
-    random_erasing: float = 0.0
+    random_erasing: float = hyperparameter(
+        0.0, "Probability that a training image gets a random box erased to the mean colour; 0 is off.")
     # Exponential moving average of the trained weights per optimizer step (horizon ~1 / (1 - decay) steps:
     # keep it well under the run's steps); when on, the average is what is validated and kept as best.
-    ema_decay: float = 0.0
-    schedule: str = "cosine"  # smooth decay to zero suits short fine-tuning runs
-    warmup_steps: int = 0  # linear warm-up (optimizer steps) protects pretrained features from the first big steps
-    step_size: int = 7  # "step" schedule: the seed's StepLR(step_size=7, gamma=0.1), in epochs
-    gamma: float = 0.1
+    ema_decay: float = hyperparameter(
+        0.0, "Decay of a moving average of the trained weights, which is then validated and kept; 0 is off.")
+    schedule: str = hyperparameter(  # smooth decay to zero suits short fine-tuning runs
+        "cosine", "Learning-rate schedule, per optimizer step: `cosine` to zero at the last step, `step` or "
+                  "`constant`.")
+    warmup_steps: int = hyperparameter(  # protects pretrained features from the first big steps
+        0, "Optimizer steps of linear warm-up before the schedule.")
+    step_size: int = hyperparameter(  # the seed's StepLR(step_size=7, gamma=0.1), in epochs
+        7, "Epochs between two rate cuts of the `step` schedule.")
+    gamma: float = hyperparameter(0.1, "Factor of each rate cut of the `step` schedule.")
     # --- data ---
-    image_size: int = 224  # ImageNet's training size; smaller is much faster, less accurate
+    image_size: int = hyperparameter(  # ImageNet's training size; smaller is much faster, less accurate
+        224, "Training and evaluation crop size in pixels.")
     # 0 = resize + centre crop only, 1 = strong; augment_policy.py says what each strength does: the loader
     # crops and flips (data.crop_transforms), the training device does the rest (augment.BatchAugment).
-    aug_strength: float = 0.5
-    batch_size: int = 32  # the seed's batch size
-    val_fraction: float = 0.2  # used only when the data has no val/ folder
+    aug_strength: float = hyperparameter(
+        0.5, "One augmentation knob, from none (0) to strong (1); see Augmentation strength below.")
+    batch_size: int = hyperparameter(32, "Training batch size.")  # the seed's batch size
+    val_fraction: float = hyperparameter(
+        0.2, "Share of each class held out for validation when the data has no `val/` folder.")
     # --- the new head ---
     # probe: before the first step, fit the head to convergence on the frozen backbone's features
     # (linear probe, then fine-tune: Kumar et al. 2022), so fine-tuning starts from a fitted head instead
     # of pushing random-head gradients into the pretrained stages. auto: probe unless weights=none.
-    head_init: str = "auto"
-    probe_l2: float | None = None  # the probe's L2 strength; None: picked by cross-validation on the training set
+    head_init: str = hyperparameter(
+        "auto", "How the new head starts: `probe` (fitted on frozen features first), `random`, or `auto` "
+                "(probe unless `weights=none`).")
+    probe_l2: float | None = hyperparameter(
+        None, "The probe's L2 strength; None: picked by cross-validation on the training features.")
     # --- run ---
-    epochs: int = 10  # the run's length in epochs, unless steps is set
-    steps: int | None = None  # the run's length in optimizer steps (the schedule's length); wins over epochs
-    seed: int = 0  # fixes split, init of the head, shuffling and augmentation
-    metric: str = "val_acc"  # which validation metric picks the best checkpoint
+    epochs: int = hyperparameter(10, "The run's length in epochs, unless `steps` is set.")
+    steps: int | None = hyperparameter(
+        None, "The run's length in optimizer steps (the schedule's too); wins over `epochs`.")
+    seed: int = hyperparameter(
+        0, "Seed of the split, the head's init, shuffling and augmentation (a search's sampler has its own).")
+    metric: str = hyperparameter(
+        "val_acc", "The validation metric that picks the best checkpoint: `val_acc` (max) or `val_loss` (min).")
     # auto: bf16 (fp16 on old GPUs) on CUDA; on a CPU fp32, or bf16 where the CPU has bf16 units and a
     # measured probe says it is faster here (precision.py): emulated bf16 ran at 0.6x fp32 on one Xeon.
-    precision: str = "auto"
-    memory_format: str = "auto"  # auto: channels_last on CUDA; on a CPU whichever the probe measures faster
-    compile: bool = False  # torch.compile the model: faster steps on CUDA after a slow first epoch
+    precision: str = hyperparameter(
+        "auto", "Training precision; `auto`: bf16 on CUDA, on a CPU whichever of its candidates a probe measures "
+                "fastest.")
+    memory_format: str = hyperparameter(
+        "auto", "Memory layout; `auto`: channels_last on CUDA, on a CPU whichever a probe measures faster.")
+    compile: bool = hyperparameter(
+        False, "`torch.compile` the model: faster steps on CUDA after a slow first epoch.")
     # --- caches (node-local, see cache.py): same results, less repeated work ---
-    image_cache: bool = True  # decode and resize each image once, not with PIL every epoch
-    feature_cache: bool = True  # head-only epochs train on cached backbone features
-    feature_views: int = 4  # augmented views per training image in the feature cache (aug_strength > 0)
+    image_cache: bool = hyperparameter(
+        True, "Decode and resize each image once into the node cache, not with PIL every epoch.")
+    feature_cache: bool = hyperparameter(
+        True, "Epochs with a frozen backbone train the head on cached backbone features.")
+    feature_views: int = hyperparameter(
+        4, "Augmented views per training image in the feature cache when `aug_strength` > 0.")
 
     def __post_init__(self) -> None:
         validate(self)
