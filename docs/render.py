@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout: the tuner next to docs/, not an installed one
 
-from tuner.search.settings import RunSettings, flag  # noqa: E402
+from tuner.runs.settings import RunSettings, flag  # noqa: E402
 from tuner.train import config  # noqa: E402
 from tuner.train.augment_policy import readme_table  # noqa: E402
 from tuner.train.checks import is_optional, scalar_type  # noqa: E402
