@@ -158,7 +158,7 @@ def sample_images(train, n: int, seed: int = 0):
     return (shuffled * (n // len(shuffled) + 1))[:n]
 
 
-# --- ours on the seed's recipe ------------------------------------------------------------------
+# --- ours on the seed's recipe -----------------------------------------------------------------
 
 
 def seed_recipe(**overrides) -> dict:
@@ -188,7 +188,7 @@ def batch_augment(trainer: Trainer):
     return lambda images: trainer._batch_to_device(images, images, augment=True)
 
 
-# --- the machine ---------------------------------------------------------------------------------
+# --- the machine -------------------------------------------------------------------------------
 
 
 def machine_line(device: torch.device | str = "cpu") -> str:
@@ -220,7 +220,7 @@ def load_average(when: str) -> str:
     return f"load average {when} (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-# --- timing --------------------------------------------------------------------------------------
+# --- timing ------------------------------------------------------------------------------------
 
 
 class Timer:
@@ -274,7 +274,7 @@ def fmt(value: float | None, spec: str = ">9.1f") -> str:
     return format(value, spec)
 
 
-# --- data ----------------------------------------------------------------------------------------
+# --- data --------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -289,7 +289,7 @@ def data_folder(data: Path | None, prefix: str = "tuner-bench-", **demo):
         yield Path(folder)
 
 
-# --- runs of `python -m tuner` ---------------------------------------------------------------------
+# --- runs of `python -m tuner` -----------------------------------------------------------------
 
 
 def tuner_command(verb: str, *flags: str, settings=()) -> list[str]:

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import BATCH_SIZE, data_folder, fmt, machine_lines
+from common import BATCH_SIZE, fmt, machine_lines
 from gpu_measure import (
     OURS,
     Result,
@@ -55,7 +55,7 @@ from gpu_measure import (
 )
 
 from tuner.train import data
-from tuner.train.demo_data import CLASSES
+from tuner.train.demo_data import CLASSES, write_demo_data
 from tuner.train.engine import default_workers, resolve_device
 from tuner.train.precision import describe_machine
 
@@ -165,16 +165,19 @@ def progress(start: float, text: str) -> None:
     print(f"[{time.perf_counter() - start:5.0f} s] {text}", flush=True)
 
 
-def demo_sizes(args) -> dict:
-    """The demo data's sizes: enough distinct training images for one timed epoch of ours."""
+def prepare_splits(args, folder: Path) -> data.ImageSplits:
+    """The demo data (or --data), with enough distinct training images for one timed epoch of ours."""
+    if args.data is not None:
+        return data.load_splits(args.data)
     per_class = min(MAX_PER_CLASS, math.ceil(args.batches * args.batch_size / len(CLASSES)))
-    return {"train_per_class": per_class, "val_per_class": 2, "test_per_class": 0}
+    write_demo_data(folder, train_per_class=per_class, val_per_class=2, test_per_class=0)
+    return data.load_splits(folder)
 
 
-def run(args, device: torch.device, data_dir: Path) -> dict:
+def run(args, device: torch.device, folder: Path) -> dict:
     start = time.perf_counter()
     print("\n".join(environment_lines(device, args.workers)), flush=True)
-    splits = data.load_splits(data_dir)
+    splits = prepare_splits(args, folder / "data")  # written inside the run: its seconds count in wall_s
     print(f"data: {splits.root} ({len(splits.classes)} classes, {len(splits.train)} train images); ResNet-50 "
           f"random init, unfreeze_depth 5, {args.image_size} px, {args.batches} batches of {args.batch_size} "
           f"per timed epoch, {args.repeats} timed epochs per variant\n", flush=True)
@@ -244,8 +247,7 @@ def main(argv=None) -> None:
         args.workers = default_workers(device)
     with tempfile.TemporaryDirectory(prefix="tuner-gpu-bench-") as folder:
         os.environ["TUNER_CACHE"] = str(Path(folder) / "cache")  # a fresh node cache: its cost shows here
-        with data_folder(args.data, prefix="tuner-gpu-bench-data-", **demo_sizes(args)) as data_dir:
-            figures = run(args, device, data_dir)
+        figures = run(args, device, Path(folder))
     print(f"\nwall time: {time.perf_counter() - start:.0f} s")
     print(json.dumps(figures))
 

@@ -113,7 +113,7 @@ class Result:
     note: str = ""
 
 
-# --- ours and device batches --------------------------------------------------------------------
+# --- ours and device batches -------------------------------------------------------------------
 
 
 def on_device(batch, device: torch.device, size: int):

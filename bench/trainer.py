@@ -83,7 +83,7 @@ ACCURACY_SIZE = 64  # image size of the accuracy check: keeps N epochs of both s
 PROCESS_IMAGES_PER_CLASS = 160  # x 8 classes: about the 1,300 images of the held-out check
 
 
-# --- the speed rounds ---------------------------------------------------------------------------------
+# --- the speed rounds --------------------------------------------------------------------------
 
 
 def time_seed(seed, samples, size: int, args, device) -> Timer:
@@ -140,7 +140,7 @@ def compare_accuracy(splits, epochs: int, args) -> None:
         print(f"{epoch:>5}  {seed_acc:>12.3f}  {ours_acc:>12.3f}", flush=True)
 
 
-# --- whole processes: `tuner train` against the seed tutorial's program ---------------------------
+# --- whole processes: `tuner train` against the seed tutorial's program ------------------------
 
 
 def seed_program(data_dir: Path, size: int, epochs: int) -> dict:
