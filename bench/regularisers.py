@@ -21,16 +21,13 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tuner.train.demo_data import write_demo_data
-from tuner.train.precision import describe_machine
+from common import best_metrics, data_folder, machine_line, tuner_command
 
 # (label, --set values): torchvision's recipe values for the mixers; an EMA horizon of ~100 steps,
 # half of the default run's 200 (20 steps an epoch, 10 epochs).
@@ -53,14 +50,11 @@ TRANSFER = ["model=resnet50", "image_size=32", "batch_size=32", "unfreeze_depth=
 
 
 def train(data: Path, out: Path, base: list[str], values: list[str], seed: int, length: str) -> dict:
-    settings = [*base, *values, f"seed={seed}", length]
-    command = [sys.executable, "-m", "tuner", "train", "--data", str(data), "--out", str(out), "--loader-workers", "0"]
-    for item in settings:
-        command += ["--set", item]
+    command = tuner_command("train", "--data", str(data), "--out", str(out), "--loader-workers", "0",
+                            settings=[*base, *values, f"seed={seed}", length])
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    metrics = json.loads((out / "best" / "metrics.json").read_text())
-    return {**metrics, "seconds": time.perf_counter() - start}
+    return {**best_metrics(out), "seconds": time.perf_counter() - start}
 
 
 def main() -> None:
@@ -77,11 +71,8 @@ def main() -> None:
         parser.error("--weights needs --data, the folder to transfer to")
     base = [*TRANSFER, f"weights={args.weights.resolve()}"] if args.weights else SCRATCH
     length = f"steps={args.steps}" if args.weights else f"epochs={args.epochs}"
-    print(f"machine: {describe_machine()}")
-    with tempfile.TemporaryDirectory() as tmp:
-        data = args.data or Path(tmp) / "data"
-        if args.data is None:
-            write_demo_data(data)
+    print(machine_line())
+    with tempfile.TemporaryDirectory() as tmp, data_folder(args.data) as data:
         print(f"data: {data}; {' '.join(base)}, {length}, seeds {args.seeds}")
         header = ["regulariser", *(f"val_acc seed {s}" for s in args.seeds), "mean val_acc", "mean test_acc", "s a run"]
         print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header), flush=True)

@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
+from common import machine_line, search_tables, tuner_command
 
 from tuner.train.demo_data import write_demo_data
-from tuner.train.precision import describe_machine
 
 # Per mode: the space and the flags both runs share, then (label, extra flags) of the two variants.
 MODES = {
@@ -43,9 +40,8 @@ MODES = {
 
 
 def run_search(args, space: str, flags: list[str], storage: Path, name: str) -> dict:
-    command = [sys.executable, "-m", "tuner", "search", "--space", space, "--storage", str(storage),
-               "--name", name, "--max-concurrent", "1", "--cpus-per-trial", str(args.cpus_per_trial),
-               "--sampler-seed", str(args.seed), *flags]
+    command = tuner_command("search", "--space", space, "--storage", str(storage), "--name", name, "--max-concurrent",
+                            "1", "--cpus-per-trial", str(args.cpus_per_trial), "--sampler-seed", str(args.seed), *flags)
     if args.trials:
         command += ["--trials", str(args.trials)]
     if args.data:
@@ -53,9 +49,7 @@ def run_search(args, space: str, flags: list[str], storage: Path, name: str) -> 
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    trials = pq.read_table(storage / name / "trials.parquet").to_pylist()
-    epochs = pq.read_table(storage / name / "epochs.parquet").to_pylist()
-    record = json.loads((storage / name / "tuner.json").read_text())
+    trials, epochs, record = search_tables(storage / name)
     chosen = {e["compute"] for e in epochs if e.get("compute")}
     return {
         "trials": len(trials),
@@ -103,7 +97,7 @@ def main() -> None:
 
     print(f"{args.mode}: space {space}, {results[0][1]['trials']} trials one at a time, seed {args.seed}, "
           f"flags {' '.join(shared) or '-'}")
-    print(f"machine: {describe_machine()}")
+    print(machine_line())
     print(f"{'':22}{'trial-epochs':>14}{'best val_acc':>14}{'seconds':>10}{'turnover s':>12}  compute")
     for label, r in results:
         print(f"{label:22}{r['trial_epochs']:>14}{r['best_val_acc']:>14.4f}{r['seconds']:>10.0f}{r['turnover']:>12.2f}"

@@ -28,30 +28,30 @@ WORK (default ./bench-transfer) keeps the data and the pretrained weights betwee
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torchvision
+from common import (
+    best_metrics,
+    machine_line,
+    search_tables,
+    seed_eval_transform,
+    seed_groups,
+    seed_loader,
+    seed_train,
+    seed_train_transform,
+    seed_val_acc,
+    tuner_command,
+)
 from torch import nn
-
-try:
-    import tuner  # noqa: F401
-except ImportError:  # not installed: run from the checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from trainer import seed_eval_transform, seed_loader, seed_train, seed_train_transform, seed_val_acc
 
 from tuner.train import data
 from tuner.train.demo_data import CLASSES, TRANSFER_CLASSES, write_demo_data
-from tuner.train.precision import describe_machine
 
 IMAGE_SIZE = 32  # small enough for a 12-trial ResNet-50 search in minutes on a CPU
 # From scratch at 32 px a ResNet-50 learns slowly: AdamW 2e-3 for 15 epochs reached 0.40 val_acc.
@@ -79,12 +79,11 @@ def pretrain(work: Path, source: Path) -> Path:
     """The backbone every target starts from, trained once (WORK/pretrained/best/model.pt)."""
     weights = work / "pretrained" / "best" / "model.pt"
     if not weights.is_file():
-        command = [sys.executable, "-m", "tuner", "train", "--data", str(source), "--out", str(work / "pretrained"),
-                   *[f"--set={k}={v}" for k, v in PRETRAIN.items()]]
+        command = tuner_command("train", "--data", str(source), "--out", str(work / "pretrained"), settings=PRETRAIN)
         start = time.perf_counter()
         subprocess.run(command, check=True)
         print(f"pretrained in {time.perf_counter() - start:.0f} s")
-    metrics = json.loads((weights.parent / "metrics.json").read_text())
+    metrics = best_metrics(work / "pretrained")
     print(f"pretrained ResNet-50 on {len(CLASSES)} source classes: val_acc {metrics['val_acc']:.3f} "
           f"(epoch {metrics['epoch']}), weights {weights}")
     return weights
@@ -127,19 +126,14 @@ def run_probe(weights: Path, splits) -> dict:
 
 
 def run_seed(weights: Path, splits, recipe: str, epochs: int) -> dict:
-    """The seed tutorial's loop (bench/trainer.py) from the pretrained weights: its best val epoch."""
+    """The seed tutorial's loop (bench/common.py) from the pretrained weights: its best val epoch."""
     start = time.perf_counter()
     torch.manual_seed(0)
     model = backbone(weights, len(splits.classes))
     for param in model.parameters():
         param.requires_grad = False
-    if recipe == "features":
-        groups = [{"params": model.fc.parameters(), "lr": 1e-3}]
-    else:
-        groups = [{"params": model.layer4.parameters(), "lr": 1e-4}, {"params": model.layer3.parameters(), "lr": 5e-5},
-                  {"params": model.fc.parameters(), "lr": 1e-3}]
+    groups = seed_groups(model)[-1:] if recipe == "features" else seed_groups(model)  # features: the head alone
     for group in groups:
-        group["params"] = list(group["params"])
         for param in group["params"]:
             param.requires_grad = True
     optimizer = torch.optim.Adam(groups)
@@ -157,17 +151,15 @@ def run_seed(weights: Path, splits, recipe: str, epochs: int) -> dict:
 
 def run_search(weights: Path, target: Path, work: Path, name: str, flags: list[str], trials: int) -> dict:
     runs = work / "runs"
-    command = [sys.executable, "-m", "tuner", "search", "--space", "finetune", "--data", str(target),
-               "--storage", str(runs), "--name", name, "--trials", str(trials), "--max-concurrent", "2",
-               "--set", "model=resnet50", "--set", f"weights={weights}", "--set", f"image_size={IMAGE_SIZE}", *flags]
+    command = tuner_command("search", "--space", "finetune", "--data", str(target), "--storage", str(runs),
+                            "--name", name, "--trials", str(trials), "--max-concurrent", "2", *flags,
+                            settings={"model": "resnet50", "weights": weights, "image_size": IMAGE_SIZE})
     start = time.perf_counter()
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     seconds = time.perf_counter() - start
     (runs / f"{name}.log").write_text(output)
-    trials_table = pq.read_table(runs / name / "trials.parquet").to_pylist()
-    epochs = pq.read_table(runs / name / "epochs.parquet").to_pylist()
-    best = json.loads((runs / name / "best" / "metrics.json").read_text())
-    budget = json.loads((runs / name / "tuner.json").read_text())["budget"]
+    trials_table, epochs, record = search_tables(runs / name)
+    best, budget = best_metrics(runs / name), record["budget"]
     return {"val_acc": best["val_acc"], "test_acc": best.get("test_acc"), "seconds": seconds,
             "trial_steps": sum(row["steps"] for row in trials_table), "budget": budget["steps"],
             "spearman": first_rung_spearman(epochs, budget["grace_steps"])}
@@ -200,7 +192,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the seed recipes")
     args = parser.parse_args()
 
-    print(f"machine: {describe_machine()}, python {platform.python_version()}")
+    print(f"{machine_line()}, python {platform.python_version()}")
     folders = write_data(args.work, tuple(args.targets))
     weights = pretrain(args.work, folders["source"])
     table = []
