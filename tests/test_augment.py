@@ -15,7 +15,7 @@ def batch():
 
 
 def test_strength_zero_only_normalises(batch):
-    out = BatchAugment(aug_strength=0.0, mean=MEAN, std=STD)(batch, torch.Generator().manual_seed(1))
+    out = BatchAugment(AugmentPolicy.from_strength(0.0), mean=MEAN, std=STD)(batch, torch.Generator().manual_seed(1))
     expected = TF.normalize(batch.float() / 255, list(MEAN), list(STD))
     assert torch.allclose(out, expected, atol=1e-6)
     assert torch.allclose(normalize(batch, MEAN, STD), expected, atol=1e-6)
@@ -25,22 +25,23 @@ def test_strength_zero_only_normalises(batch):
 def test_each_image_gets_its_own_random_parameters(strength):
     # The same image 16 times: per-image parameters make the copies differ from each other.
     same = torch.randint(0, 256, (1, 3, 24, 24), dtype=torch.uint8).expand(16, 3, 24, 24).contiguous()
-    out = BatchAugment(aug_strength=strength, mean=MEAN, std=STD)(same, torch.Generator().manual_seed(0))
+    augmenter = BatchAugment(AugmentPolicy.from_strength(strength), mean=MEAN, std=STD)
+    out = augmenter(same, torch.Generator().manual_seed(0))
     assert out.shape == same.shape and out.dtype == torch.float32
     distinct = {tuple(image.flatten()[:50].tolist()) for image in out}
     assert len(distinct) == 16
 
 
 def test_the_generator_decides_everything(batch):
-    augmenter = BatchAugment(aug_strength=1.0, mean=MEAN, std=STD)
+    augmenter = BatchAugment(AugmentPolicy.from_strength(1.0), mean=MEAN, std=STD)
     first = augmenter(batch, torch.Generator().manual_seed(3))
     assert torch.equal(first, augmenter(batch, torch.Generator().manual_seed(3)))
     assert not torch.equal(first, augmenter(batch, torch.Generator().manual_seed(4)))
 
 
 def test_randaugment_only_from_strength_one_half():
-    assert BatchAugment(aug_strength=0.4, mean=MEAN, std=STD).policy.randaugment_ops == 0
-    strong = BatchAugment(aug_strength=0.75, mean=MEAN, std=STD).policy
+    assert BatchAugment(AugmentPolicy.from_strength(0.4), mean=MEAN, std=STD).policy.randaugment_ops == 0
+    strong = BatchAugment(AugmentPolicy.from_strength(0.75), mean=MEAN, std=STD).policy
     assert strong.randaugment_ops == 2 and strong.randaugment_magnitude == 7
 
 

@@ -27,7 +27,7 @@ import torch
 from ray import tune
 
 from ..testing.faults import fault_hook, fault_point
-from ..train import data
+from ..train import folders
 from ..train.budget import SearchBudget, TrialPlan, steps_per_epoch, trial_plan
 from ..train.checkpoint import CorruptCheckpoint, load_torch, save_torch
 from ..train.config import TrainConfig, make_config
@@ -38,7 +38,7 @@ from .storage import local_data
 TRAINER_STATE = "trainer.pt"
 
 
-def train_trial(config: dict[str, Any], *, data_location: str, splits: data.ImageSplits, budget: SearchBudget,
+def train_trial(config: dict[str, Any], *, data_location: str, splits: folders.ImageSplits, budget: SearchBudget,
                 cpus: float = 1.0, loader_workers: int | None = None) -> None:
     """Train one configuration for the search's budget, one `tune.report` (metrics + checkpoint) per round.
 

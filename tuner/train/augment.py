@@ -1,6 +1,6 @@
 """Augmentation of whole batches on the training device, with random parameters drawn per image.
 
-The loader only crops and flips (data.crop_transforms) and hands over uint8 batches; everything else
+The loader only crops and flips (loading.crop_transforms) and hands over uint8 batches; everything else
 runs here, vectorised over the batch: on the GPU when the trial has one, and on a CPU still far
 cheaper than transforming one image at a time (torchvision's tensor ops cost 0.2-4 ms per small image,
 hue alone 0.6 ms at 64 px). Parameters come from a seeded CPU generator, so a batch is augmented the
@@ -49,10 +49,10 @@ def _standardize(x: torch.Tensor, mean, std, scale: float = 1.0) -> torch.Tensor
 
 
 class BatchAugment:
-    """uint8 batch -> augmented, normalised float batch; `aug_strength` 0 only normalises."""
+    """uint8 batch -> augmented, normalised float batch; a policy of strength 0 only normalises."""
 
-    def __init__(self, *, aug_strength: float, mean, std):
-        self.policy, self.mean, self.std = AugmentPolicy.from_strength(aug_strength), mean, std
+    def __init__(self, policy: AugmentPolicy, *, mean, std):
+        self.policy, self.mean, self.std = policy, mean, std
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.policy.strength == 0:
