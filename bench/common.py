@@ -36,6 +36,7 @@ except ImportError:  # not installed: run from the checkout
 from tuner.train.config import SEED_RECIPE, make_config
 from tuner.train.demo_data import write_demo_data
 from tuner.train.engine import Trainer
+from tuner.train.loading import image_loader
 from tuner.train.precision import cpu_model, describe_machine
 
 BATCH_SIZE = 32  # the seed's batch size
@@ -173,19 +174,18 @@ def seed_recipe_trainer(splits, size: int, args, epochs: int = 1) -> Trainer:
     return Trainer(config, splits, device=args.device, num_workers=args.workers)
 
 
-# The only two places the benches reach into the Trainer's private members (one line each to replace).
 def train_loader_of(trainer: Trainer, samples):
     """The trainer's own kind of training loader over `samples`: its crop transform, shuffling and
     pinning, and the node's decoded-image cache (built here, once, outside any timing: the cache is
     built once per node and dataset and then serves every epoch of every trial)."""
-    return trainer._loader(samples, trainer.train_loader.dataset.transform, shuffle=True,
-                           generator=trainer.loader_generator)
+    return image_loader(samples, trainer.train_loader.dataset.transform, trainer.config, device=trainer.device,
+                        num_workers=trainer.num_workers, shuffle=True, generator=trainer.loader_generator)
 
 
 def batch_augment(trainer: Trainer):
     """A function of a loader's images that moves them to the trainer's device and augments them as a
     training step does (labels untouched: the images stand in for them)."""
-    return lambda images: trainer._batch_to_device(images, images, augment=True)
+    return lambda images: trainer.train_batches(images, images)
 
 
 # --- the machine -------------------------------------------------------------------------------

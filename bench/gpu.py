@@ -54,7 +54,7 @@ from gpu_measure import (
     measure_seed,
 )
 
-from tuner.train import data
+from tuner.train.folders import ImageSplits, load_splits
 from tuner.train.demo_data import CLASSES, write_demo_data
 from tuner.train.engine import default_workers, resolve_device
 from tuner.train.precision import describe_machine
@@ -165,13 +165,13 @@ def progress(start: float, text: str) -> None:
     print(f"[{time.perf_counter() - start:5.0f} s] {text}", flush=True)
 
 
-def prepare_splits(args, folder: Path) -> data.ImageSplits:
+def prepare_splits(args, folder: Path) -> ImageSplits:
     """The demo data (or --data), with enough distinct training images for one timed epoch of ours."""
     if args.data is not None:
-        return data.load_splits(args.data)
+        return load_splits(args.data)
     per_class = min(MAX_PER_CLASS, math.ceil(args.batches * args.batch_size / len(CLASSES)))
     write_demo_data(folder, train_per_class=per_class, val_per_class=2, test_per_class=0)
-    return data.load_splits(folder)
+    return load_splits(folder)
 
 
 def run(args, device: torch.device, folder: Path) -> dict:

@@ -75,7 +75,7 @@ from trainer_loaders import compare_loaders
 from trainer_memory import MEMORY_SIZE, compare_memory
 
 from tuner.errors import UserError
-from tuner.train import data
+from tuner.train.folders import load_splits
 from tuner.train.engine import Trainer, resolve_device
 from tuner.train.precision import describe_machine
 
@@ -146,7 +146,7 @@ def compare_accuracy(splits, epochs: int, args) -> None:
 def seed_program(data_dir: Path, size: int, epochs: int) -> dict:
     """The seed tutorial's whole program: its model, transforms and train_model loop (a train and a val
     phase every epoch, the best weights kept), at `size`; what --process times as one process."""
-    splits = data.load_splits(data_dir)
+    splits = load_splits(data_dir)
     device = torch.device("cpu")
     model, optimizer = build_seed(len(splits.classes), device, freeze_stem=False)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
@@ -171,7 +171,7 @@ def tuner_train_command(data_dir: Path, out: Path, size: int, epochs: int, preci
 
 def compare_processes(data_dir: Path, args) -> None:
     """Whole-process seconds, alternating tuner train and the seed program; ratios pair by pair."""
-    images = len(data.load_splits(data_dir).train)
+    images = len(load_splits(data_dir).train)
     print(f"\nwhole processes: `tuner train` (seed recipe, precision {args.process_precision}) against the seed "
           f"tutorial's program, {args.process_size} px, {images} training images, {args.process_epochs} epochs, "
           f"one warm-up pair then {args.rounds} pairs; the node cache (decoded images, the compute probe) is "
@@ -280,7 +280,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, data_dir: Path) -> None:
-    splits = data.load_splits(data_dir)
+    splits = load_splits(data_dir)
     device = resolve_device(args.device)
     print("\n".join(machine_lines(device)))
     print(f"data: {data_dir} ({len(splits.classes)} classes, {len(splits.train)} train images)", flush=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import BATCH_SIZE, sample_images, seed_recipe
 
-from tuner.train import data
+from tuner.train.folders import load_splits
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer
 from tuner.train.precision import cpu_has_native_bf16
@@ -41,7 +41,7 @@ def memory_trial(data_dir: Path, precision: str, steps: int) -> dict:
 
     Run in a child process so that neither the parent's nor the other precision's allocations count.
     """
-    splits = data.load_splits(data_dir)
+    splits = load_splits(data_dir)
     splits = dataclasses.replace(splits, train=sample_images(splits.train, steps * BATCH_SIZE))
     config = make_config(seed_recipe(image_size=MEMORY_SIZE, precision=precision))
     trainer = Trainer(config, splits, device="cpu", num_workers=0)

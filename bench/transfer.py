@@ -50,7 +50,7 @@ from common import (
 )
 from torch import nn
 
-from tuner.train import data
+from tuner.train.folders import load_splits
 from tuner.train.demo_data import CLASSES, TRANSFER_CLASSES, write_demo_data
 
 IMAGE_SIZE = 32  # small enough for a 12-trial ResNet-50 search in minutes on a CPU
@@ -197,7 +197,7 @@ def main() -> None:
     weights = pretrain(args.work, folders["source"])
     table = []
     for n in args.targets:
-        splits = data.load_splits(folders[f"target-{n}"])
+        splits = load_splits(folders[f"target-{n}"])
         for variant in args.variants:
             if variant == "probe":
                 result = run_probe(weights, splits)

@@ -9,7 +9,7 @@ import pytest
 from tuner.errors import UserError
 from tuner.train.augment import BatchAugment
 from tuner.train.augment_policy import AugmentPolicy
-from tuner.train.data import crop_transforms
+from tuner.train.loading import crop_transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,8 +52,8 @@ def test_a_policy_cannot_be_changed_after_it_is_made():
 @pytest.mark.parametrize("s", [0.0, 0.3, 1.0])
 def test_the_loader_and_the_batch_augmenter_read_the_same_policy(s):
     policy = AugmentPolicy.from_strength(s)
-    assert BatchAugment(aug_strength=s, mean=(0.5,) * 3, std=(0.2,) * 3).policy == policy
-    steps = crop_transforms(image_size=32, aug_strength=s).transforms
+    assert BatchAugment(policy, mean=(0.5,) * 3, std=(0.2,) * 3).policy == policy
+    steps = crop_transforms(image_size=32, policy=policy).transforms
     if policy.crop_scale is None:
         assert type(steps[0]).__name__ == "Resize"
     else:

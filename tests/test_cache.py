@@ -9,9 +9,12 @@ import torch
 from PIL import Image
 
 from tuner.__main__ import main
-from tuner.train import cache, data
+from tuner.train import cache, folders, loading
+from tuner.train.augment_policy import NO_AUGMENTATION
+from tuner.train.batches import eval_batch
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer
+from tuner.train.evaluation import autocast
 
 
 def _photos(folder, count=5):
@@ -26,13 +29,13 @@ def _photos(folder, count=5):
 
 def test_decoded_images_are_the_eval_resize_and_crop_exactly(tmp_path):
     paths = _photos(tmp_path)
-    decoded = cache.decoded_images(paths, data.resize_size(24))
-    crop = data.crop_transforms(image_size=24, aug_strength=0.0)
+    decoded = cache.decoded_images(paths, loading.resize_size(24))
+    crop = loading.crop_transforms(image_size=24, policy=NO_AUGMENTATION)
     for i, path in enumerate(paths):
         with Image.open(path) as image:
             uncached = crop(image.convert("RGB"))
         assert torch.equal(crop(decoded[i]), uncached)
-        assert min(decoded[i].shape[1:]) == data.resize_size(24)
+        assert min(decoded[i].shape[1:]) == loading.resize_size(24)
 
 
 def test_an_entry_is_built_once_and_a_changed_file_gets_a_new_one(tmp_path):
@@ -91,9 +94,9 @@ def tiny(**values):
 
 @pytest.fixture(scope="module")
 def splits(demo_root):
-    full = data.load_splits(demo_root)
-    return data.ImageSplits(root=full.root, layout=full.layout, classes=full.classes,
-                            train=full.train[::8], val=full.val[::4], test=[])
+    full = folders.load_splits(demo_root)
+    return folders.ImageSplits(root=full.root, layout=full.layout, classes=full.classes,
+                               train=full.train[::8], val=full.val[::4], test=[])
 
 
 def test_image_cache_gives_the_same_validation_batches(splits):
@@ -104,11 +107,12 @@ def test_image_cache_gives_the_same_validation_batches(splits):
 
 def test_cached_features_are_the_backbones_and_give_the_same_loss(splits):
     trainer = Trainer(tiny(aug_strength=0.0), splits)
-    bank = trainer.feature_banks()["val"]
+    bank = trainer.features.banks()["val"]
     images, labels = next(iter(trainer.val_loader))
-    inputs, labels = trainer._batch_to_device(images, labels, augment=False)
+    inputs, labels = eval_batch(images, labels, device=trainer.device, normalization=trainer.normalization,
+                                memory_format=trainer.memory_format)
     trainer.model.eval()
-    with torch.no_grad(), trainer._autocast():
+    with torch.no_grad(), autocast(trainer.device, trainer.amp_dtype):
         direct = trainer.model.features(inputs).float()
         loss_direct = torch.nn.functional.cross_entropy(trainer.model(inputs).float(), labels)
         cached = bank.gather(torch.arange(len(labels)), torch.zeros(len(labels), dtype=torch.long))
@@ -129,23 +133,23 @@ def test_a_cached_epoch_leaves_the_backbone_and_its_batch_norm_untouched(splits)
     after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # running stats included
     assert not torch.equal(head_before, trainer.model.fc.weight)
-    assert trainer.feature_banks()["train"].views == trainer.config.feature_views
+    assert trainer.features.banks()["train"].views == trainer.config.feature_views
 
 
 def test_feature_banks_are_shared_and_keyed_by_what_they_depend_on(splits):
-    bank = Trainer(tiny(aug_strength=0.5), splits).feature_banks()["train"]
-    assert Trainer(tiny(aug_strength=0.5, lr_head=0.1), splits).feature_banks()["train"].folder == bank.folder
+    bank = Trainer(tiny(aug_strength=0.5), splits).features.banks()["train"]
+    assert Trainer(tiny(aug_strength=0.5, lr_head=0.1), splits).features.banks()["train"].folder == bank.folder
     others = [tiny(aug_strength=0.5, seed=1),  # random init differs with the seed
               tiny(aug_strength=0.5, image_size=40), tiny(aug_strength=0.25), tiny(aug_strength=0.5, feature_views=2),
               tiny(aug_strength=0.5, model="resnet34")]
-    folders = {Trainer(config, splits).feature_banks()["train"].folder for config in others}
+    folders = {Trainer(config, splits).features.banks()["train"].folder for config in others}
     assert bank.folder not in folders and len(folders) == len(others)
 
 
 def test_gradual_unfreezing_uses_features_only_while_the_backbone_is_frozen(splits):
     trainer = Trainer(tiny(unfreeze_depth=1, unfreeze_every=1, epochs=2), splits)
     trainer.run_epoch()
-    assert trainer._banks is not None and trainer.depth == 0
+    assert trainer.features.built is not None and trainer.depth == 0
     trainer.run_epoch()
     assert trainer.depth == 1 and not trainer.head_only()
 

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from tuner.train import data
+from tuner.train import folders
+from tuner.train.augment_policy import AugmentPolicy
 from tuner.train.checkpoint import load_checkpoint
 from tuner.train.config import make_config
 from tuner.train.engine import Diverged, Trainer, fit, lr_factor
@@ -17,14 +18,14 @@ def tiny_config(**values):
 
 @pytest.fixture(scope="module")
 def splits(demo_root):
-    return data.load_splits(demo_root)
+    return folders.load_splits(demo_root)
 
 
 @pytest.fixture(scope="module")
 def small_splits(splits):
     """Every fifth image: enough for mechanics tests, five times faster."""
-    return data.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
-                            train=splits.train[::5], val=splits.val[::5], test=[])
+    return folders.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
+                               train=splits.train[::5], val=splits.val[::5], test=[])
 
 
 def test_gradual_unfreezing_switches_at_the_right_epochs(small_splits):
@@ -104,8 +105,8 @@ def test_fit_keeps_the_best_epoch_and_a_loadable_checkpoint(small_splits, tmp_pa
 
 
 def test_a_test_split_is_evaluated_once_with_the_best_weights(splits, tmp_path):
-    subset = data.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
-                              train=splits.train[::5], val=splits.val[::5], test=splits.test[::2])
+    subset = folders.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
+                                 train=splits.train[::5], val=splits.val[::5], test=splits.test[::2])
     best = fit(Trainer(tiny_config(epochs=1), subset), tmp_path)
     assert 0.0 <= best["test_acc"] <= 1.0 and "test_loss" in best
     assert json.loads((tmp_path / "best" / "metrics.json").read_text())["test_acc"] == best["test_acc"]
@@ -124,8 +125,8 @@ def test_non_finite_loss_ends_as_diverged_and_keeps_the_best_checkpoint(small_sp
 
 
 def test_top5_is_reported_with_ten_or_more_classes(small_splits):
-    many = data.ImageSplits(root=small_splits.root, layout="", classes=[f"c{i}" for i in range(10)],
-                            train=small_splits.train, val=small_splits.val, test=[])
+    many = folders.ImageSplits(root=small_splits.root, layout="", classes=[f"c{i}" for i in range(10)],
+                               train=small_splits.train, val=small_splits.val, test=[])
     metrics = Trainer(tiny_config(epochs=1), many).evaluate(Trainer(tiny_config(), many).val_loader)
     assert 0.0 <= metrics["val_acc"] <= metrics["val_top5"] <= 1.0
 
@@ -150,3 +151,11 @@ def test_a_round_of_epochs_reports_once_with_the_steps_it_took(small_splits):
     first = trainer.run_round(2)
     assert (first["epoch"], first["step"], len(trainer.history)) == (2, 2 * trainer.epoch_steps, 1)
     assert trainer.run_round(2)["step"] == trainer.total_steps == 4 * trainer.epoch_steps
+
+
+def test_one_augmentation_policy_feeds_the_crops_the_batches_and_the_feature_views(small_splits):
+    trainer = Trainer(tiny_config(aug_strength=0.7), small_splits)
+    assert trainer.policy == AugmentPolicy.from_strength(0.7)
+    assert trainer.train_batches.augment.policy is trainer.policy and trainer.features.policy is trainer.policy
+    crop = trainer.train_loader.dataset.transform.transforms[0]
+    assert crop.scale == trainer.policy.crop_scale

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuner.train import data
+from tuner.train import folders
 from tuner.train.checkpoint import load_checkpoint
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer, fit
@@ -16,9 +16,9 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def small(demo_root):
-    splits = data.load_splits(demo_root)
-    return data.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
-                            train=splits.train[::5], val=splits.val[::5], test=splits.test[::5])
+    splits = folders.load_splits(demo_root)
+    return folders.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
+                               train=splits.train[::5], val=splits.val[::5], test=splits.test[::5])
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from tuner.__main__ import main
 from tuner.errors import UserError
 from tuner.serve.export import export_model, read_metadata
 from tuner.serve.predict import Predictor
-from tuner.train import data
+from tuner.train import folders, loading
 from tuner.train.config import make_config
 from tuner.train.demo_data import write_demo_data
 from tuner.train.engine import Trainer, fit
@@ -62,7 +62,7 @@ def run(tmp_path_factory):
     config = make_config({"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 16,
                           "epochs": 1, "unfreeze_depth": 5, "precision": "fp32"})
     out = root.parent / "run"
-    fit(Trainer(config, data.load_splits(root), num_workers=0), out)
+    fit(Trainer(config, folders.load_splits(root), num_workers=0), out)
     return out
 
 
@@ -100,7 +100,7 @@ def test_metadata_round_trips(run, tmp_path, fmt, suffix):
     assert read_metadata(out) == meta
     payload = torch.load(run / "best" / "model.pt", weights_only=True)
     assert meta["classes"] == payload["classes"] and meta["model"] == "resnet18"
-    assert (meta["image_size"], meta["resize"]) == (32, data.resize_size(32))
+    assert (meta["image_size"], meta["resize"]) == (32, loading.resize_size(32))
     assert (meta["mean"], meta["std"]) == (payload["normalization"]["mean"], payload["normalization"]["std"])
     assert meta["weights"]["name"] == "none" and meta["epoch"] == 1 and "val_acc" in meta["metrics"]
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left behind

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from tuner.errors import UserError
-from tuner.train import data
+from tuner.train import folders
 from tuner.train.checkpoint import load_torch, save_torch
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer, fit
@@ -19,9 +19,9 @@ def lean_config(**values):
 
 @pytest.fixture(scope="module")
 def small(demo_root):
-    splits = data.load_splits(demo_root)
-    return data.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
-                            train=splits.train[::5], val=splits.val[::5], test=[])
+    splits = folders.load_splits(demo_root)
+    return folders.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
+                               train=splits.train[::5], val=splits.val[::5], test=[])
 
 
 @pytest.mark.parametrize("training", [

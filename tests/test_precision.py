@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tuner.errors import UserError
-from tuner.train import data
+from tuner.train import folders
 from tuner.train.cache import cache_root
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer
@@ -78,9 +78,9 @@ def test_configured_choices_are_taken_as_they_are_without_a_probe():
 
 
 def test_a_trainer_trains_in_the_chosen_layout_and_records_the_choice(demo_root):
-    splits = data.load_splits(demo_root)
-    small = data.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
-                             train=splits.train[::20], val=splits.val[::20], test=[])
+    splits = folders.load_splits(demo_root)
+    small = folders.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
+                                train=splits.train[::20], val=splits.val[::20], test=[])
     trainer = Trainer(probe_config(memory_format="contiguous", precision="fp32", epochs=1, head_init="random"), small)
     assert trainer.model.conv1.weight.is_contiguous() and trainer.amp_dtype is None
     metrics = trainer.run_epoch()

@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from tuner.train import data
+from tuner.train import folders
+from tuner.train.augment_policy import NO_AUGMENTATION
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer
 from tuner.train.probe import L2_GRID, fit_probe
@@ -18,14 +19,14 @@ def probe_config(**values):
 
 @pytest.fixture(scope="module")
 def splits(demo_root):
-    return data.load_splits(demo_root)
+    return folders.load_splits(demo_root)
 
 
 @pytest.fixture(scope="module")
 def features(splits):
     """Centre-crop backbone features of the demo images' train and val splits (the probe's own bank)."""
     trainer = Trainer(probe_config(), splits)
-    banks = [trainer._feature_bank(samples, 0.0, 1) for samples in (trainer.train_samples, trainer.val_samples)]
+    banks = [trainer.extractor.bank(samples, NO_AUGMENTATION, 1) for samples in (splits.train, splits.val)]
     labels = [torch.tensor([label for _, label in samples]) for samples in (splits.train, splits.val)]
     return [(torch.from_numpy(np.array(bank.array[:, 0])), y) for bank, y in zip(banks, labels, strict=True)]
 
@@ -85,8 +86,8 @@ def test_random_head_init_and_random_weights_skip_the_probe(splits):
 
 def test_resume_in_the_middle_of_a_step_budget_is_exact(splits, tmp_path):
     """Three rounds straight == two rounds, checkpoint, a new Trainer, one round: bit for bit."""
-    small = data.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
-                             train=splits.train[::4], val=splits.val[::4], test=[])
+    small = folders.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
+                                train=splits.train[::4], val=splits.val[::4], test=[])
     config = probe_config(steps=11, batch_size=16, unfreeze_depth=1, aug_strength=1.0, dropout=0.3)
     straight = Trainer(config, small)
     for _ in range(3):  # the probe, an epoch of 10 steps, the last step

@@ -10,10 +10,11 @@ import torch
 from torchvision.transforms import v2
 
 from tuner.errors import UserError
-from tuner.train import data
+from tuner.train import folders
 from tuner.train.augment import random_erase
+from tuner.train.batches import eval_batch
 from tuner.train.config import make_config
-from tuner.train.engine import Trainer, ema_decay_at, fit
+from tuner.train.engine import Trainer, fit
 from tuner.train.model import trained_keys
 
 
@@ -24,7 +25,7 @@ def config(**values):
 
 @pytest.fixture(scope="module")
 def small(demo_root):
-    splits = data.load_splits(demo_root)  # a fifth of the demo data: seconds a test
+    splits = folders.load_splits(demo_root)  # a fifth of the demo data: seconds a test
     return dataclasses.replace(splits, train=splits.train[::5], val=splits.val[::5], test=[])
 
 
@@ -33,7 +34,12 @@ def first_training_batch(trainer):
     trainer.augment_generator.manual_seed(0)
     torch.manual_seed(0)
     images, labels = next(iter(trainer.train_loader))
-    return images, labels, *trainer._batch_to_device(images, labels, augment=True)
+    return images, labels, *trainer.train_batches(images, labels)
+
+
+def evaluation_inputs(trainer):
+    """How the trainer's evaluation puts a batch on its device (batches.eval_batch's keywords)."""
+    return {"device": trainer.device, "normalization": trainer.normalization, "memory_format": trainer.memory_format}
 
 
 # --- random_erasing ---
@@ -110,14 +116,14 @@ def test_mixing_leaves_evaluation_alone(small):
     plain, mixed = Trainer(config(), small), Trainer(config(mixup=0.4, cutmix=1.0, random_erasing=1.0), small)
     assert mixed.validate() == plain.validate()
     images, labels = next(iter(mixed.val_loader))
-    inputs, targets = mixed._batch_to_device(images, labels, augment=False)
+    inputs, targets = eval_batch(images, labels, **evaluation_inputs(mixed))
     assert torch.equal(targets, labels)
-    assert torch.equal(inputs, plain._batch_to_device(images, labels, augment=False)[0])
+    assert torch.equal(inputs, eval_batch(images, labels, **evaluation_inputs(plain))[0])
 
 
 def test_mixup_trains_a_head_on_cached_features(small):
     trainer = Trainer(config(unfreeze_depth=0, mixup=0.4, aug_strength=0.5, feature_views=2), small)
-    features = next(trainer._feature_batches("train", torch.Generator().manual_seed(0)))
+    features = next(trainer.features.batches("train", torch.Generator().manual_seed(0)))
     assert features[1].ndim == 2 and torch.allclose(features[1].sum(1), torch.ones(len(features[1])))
     metrics = trainer.run_epoch()
     assert math.isfinite(metrics["train_loss"]) and 0 <= metrics["val_acc"] <= 1
@@ -149,13 +155,6 @@ def test_the_cli_refuses_cutmix_on_cached_features_in_one_line(demo_root, tmp_pa
 
 
 # --- ema_decay ---
-
-def test_the_ema_decay_warms_up_to_ema_decay():
-    assert ema_decay_at(0.99, 0) == pytest.approx(0.1)  # the first update after the copy mostly replaces it
-    assert ema_decay_at(0.99, 90) == pytest.approx(0.91)
-    assert ema_decay_at(0.99, 10_000) == 0.99
-    assert [ema_decay_at(0.8, t) for t in (30, 40)] == [pytest.approx(31 / 40), 0.8]
-
 
 def test_the_ema_is_a_warmed_up_moving_average_of_the_trained_weights_and_what_is_validated(small):
     decay = 0.8

@@ -19,7 +19,7 @@ from tuner.report.analysis import best_model_analysis
 from tuner.report.importance import param_importances
 from tuner.report.page import summary_lines, write_report
 from tuner.report.run import open_run, ranked
-from tuner.train import data
+from tuner.train import folders
 
 FIGURES = ("best_so_far.png", "learning_curves.png", "importance.png", "hyperparameters.png", "parallel.png",
            "confusion.png", "per_class.png", "misclassified.png")
@@ -145,7 +145,7 @@ def test_the_page_states_the_weights_and_the_summary_counts_the_trials(finished,
 
 @pytest.mark.slow
 def test_the_confusion_matrix_counts_every_validation_image_once(finished):
-    splits = data.load_splits(finished.parent.parent / "data")
+    splits = folders.load_splits(finished.parent.parent / "data")
     with open_run(str(finished)) as run:
         analysis = best_model_analysis(run)
     assert len(analysis.matrix) == len(analysis.classes) == 8

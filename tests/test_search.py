@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tuner.search.results import evaluate_payload
-from tuner.train import cache, data
+from tuner.train import cache, folders, loading
 from tuner.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -106,9 +106,9 @@ def test_trials_reuse_worker_processes_and_share_the_node_cache(finished, node_c
         pids |= {json.loads(line)["pid"] for line in result.read_text().splitlines() if line.strip()}
     assert len(pids) <= 2  # two trials at a time: two worker processes ran all six trials
     # The trials read the splits from the node's decoded-image cache (32 px crops: shorter side 37).
-    splits = data.load_splits(setup / "data")
+    splits = folders.load_splits(setup / "data")
     for samples in (splits.train, splits.val):
-        key = cache.key_of(cache.IMAGES_FORMAT, data.resize_size(32), cache.file_identity([p for p, _ in samples]))
+        key = cache.key_of(cache.IMAGES_FORMAT, loading.resize_size(32), cache.file_identity([p for p, _ in samples]))
         assert (node_cache / "images" / key / "pixels.u8").is_file()
 
 
@@ -120,7 +120,7 @@ def test_best_is_the_best_epoch_and_reproduces_its_val_acc(finished, setup):
     assert metrics["trial_id"] in {row["trial_id"] for row in trials}
     assert {"epoch", "weights", "test_acc"} <= set(metrics)
     payload = load_checkpoint(run / "best")
-    splits = data.load_splits(setup / "data")
+    splits = folders.load_splits(setup / "data")
     assert evaluate_payload(payload, splits, "val")["val_acc"] == pytest.approx(metrics["val_acc"])
 
 

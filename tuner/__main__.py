@@ -156,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .runs.settings import check_setting  # no torch: the check comes before the seconds of importing it
 
     check_setting("loader_workers", args.loader_workers, label="--loader-workers")
-    from .train import data
+    from .train import folders
     from .train.engine import Diverged, Trainer, fit
 
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -165,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--out {str(out)!r} already holds files; pass --resume to continue that run or choose "
                         f"another --out")
     config = _train_config(args, saved)
-    splits = data.load_splits(args.data, val_fraction=config.val_fraction, seed=config.seed,
+    splits = folders.load_splits(args.data, val_fraction=config.val_fraction, seed=config.seed,
                               skip_bad_images=args.skip_bad_images)
     trainer = Trainer(config, splits, device=args.device, num_workers=args.loader_workers, progress=sys.stderr.isatty())
     if saved is not None:
@@ -295,7 +295,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from .train.data import check_data
+    from .train.check_data import check_data
 
     lines, usable = check_data(args.data, val_fraction=args.val_fraction, seed=args.seed)
     print("\n".join(lines))

@@ -29,7 +29,7 @@ class BestModelAnalysis:
 def best_model_analysis(run: RunData, *, mistakes: int = 12, device: str = "cpu") -> BestModelAnalysis:
     """Evaluate RUN/best/model.pt on the run's validation images; NotAvailable says why it cannot."""
     from ..runs.storage import local_data
-    from ..train import data
+    from ..train import folders
     from ..train.checkpoint import load_checkpoint
     from ..train.engine import resolve_device
     from ..train.evaluation import load_trained
@@ -45,7 +45,7 @@ def best_model_analysis(run: RunData, *, mistakes: int = 12, device: str = "cpu"
     config = json.loads(config_file.read_text()) if config_file else {}
     location = run.record["settings"].get("data")
     try:  # the same validation split the search used (a URI is fetched into this node's cache)
-        splits = data.load_splits(local_data(location), val_fraction=config.get("val_fraction", 0.2),
+        splits = folders.load_splits(local_data(location), val_fraction=config.get("val_fraction", 0.2),
                                   seed=config.get("seed", 0),
                                   skip_bad_images=run.record["settings"].get("skip_bad_images", False))
     except (UserError, OSError) as err:

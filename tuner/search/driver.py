@@ -26,7 +26,7 @@ from ..runs.outcomes import has_result, trial_status
 from ..runs.run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, read_run_record
 from ..runs.settings import RunSettings, recorded_settings
 from ..runs.storage import exists, is_uri, local_data, run_location, staged
-from ..train import data
+from ..train import folders
 from ..train.cache import cache_root
 from ..train.checkpoint import save_json
 from ..train.config import field_names, is_better, make_config
@@ -128,10 +128,10 @@ def local_compute_choice(settings: RunSettings, base, num_classes: int) -> Compu
         torch.set_num_threads(threads)
 
 
-def load_run_splits(settings: RunSettings, fixed: dict[str, Any]) -> data.ImageSplits:
+def load_run_splits(settings: RunSettings, fixed: dict[str, Any]) -> folders.ImageSplits:
     """The checked splits of the run's data (a URI is fetched into this node's cache first)."""
     base = make_config(fixed)
-    return data.load_splits(local_data(settings.data), val_fraction=base.val_fraction, seed=base.seed,
+    return folders.load_splits(local_data(settings.data), val_fraction=base.val_fraction, seed=base.seed,
                             skip_bad_images=settings.skip_bad_images)
 
 
@@ -192,7 +192,7 @@ def _check_resources(settings: RunSettings) -> None:
                         f"lower it")
 
 
-def _trainable(settings: RunSettings, splits: data.ImageSplits, budget: SearchBudget):
+def _trainable(settings: RunSettings, splits: folders.ImageSplits, budget: SearchBudget):
     from ray import tune
 
     trainable = tune.with_parameters(train_trial, data_location=settings.data, splits=splits, budget=budget,
@@ -466,7 +466,7 @@ def _reopen_study(searcher, run: str) -> None:
         trial.study, trial.storage = study, study._storage
 
 
-def _export(grid, run: str, settings: RunSettings, searched: list[str], splits: data.ImageSplits,
+def _export(grid, run: str, settings: RunSettings, searched: list[str], splits: folders.ImageSplits,
             budget: SearchBudget) -> None:
     """The tables, best/ and (for a run at a URI) the study into the run folder."""
     from .results import export_results

@@ -16,7 +16,7 @@ from ..runs import outcomes
 from ..runs.budget import SearchBudget
 from ..runs.outcomes import has_result
 from ..testing.faults import fault_point
-from ..train import data
+from ..train import folders
 from ..train.checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
 from ..train.config import METRICS
 from ..train.engine import resolve_device
@@ -97,7 +97,7 @@ def ranked_checkpoints(grid, metric: str, mode: str) -> list[tuple[Any, dict[str
     return sorted(kept, key=lambda pair: pair[1][metric], reverse=mode == "max")
 
 
-def export_best(grid, run_dir: Path, settings, splits: data.ImageSplits) -> dict[str, Any] | None:
+def export_best(grid, run_dir: Path, settings, splits: folders.ImageSplits) -> dict[str, Any] | None:
     """Copy the best epoch of the best trial to RUN/best/; evaluate it on the test split if there is one.
 
     A damaged checkpoint is never loaded: it is skipped with a warning for the next best one.
@@ -113,7 +113,7 @@ def export_best(grid, run_dir: Path, settings, splits: data.ImageSplits) -> dict
 
 
 def _write_best(state: dict[str, Any], metrics: dict[str, Any], run_dir: Path,
-                splits: data.ImageSplits) -> dict[str, Any]:
+                splits: folders.ImageSplits) -> dict[str, Any]:
     epoch_metrics = outcomes.model_metrics(metrics)
     model = full_model_state(state, f"checkpoint of trial {metrics.get('trial_id')}")
     payload = model_payload(model, state, state["epoch"], {**epoch_metrics, "trial_id": metrics.get("trial_id")})
@@ -123,14 +123,14 @@ def _write_best(state: dict[str, Any], metrics: dict[str, Any], run_dir: Path,
     return payload
 
 
-def evaluate_payload(payload: dict[str, Any], splits: data.ImageSplits, split: str = "test") -> dict[str, float]:
+def evaluate_payload(payload: dict[str, Any], splits: folders.ImageSplits, split: str = "test") -> dict[str, float]:
     """Metrics of a saved model on one split of the data (test: once, never used for selection)."""
     # In the precision and layout the trial validated in (no probe here), so the metrics are comparable.
     trained = load_trained(payload, resolve_device("auto"), as_trained=True)
     return trained.evaluate(splits.test if split == "test" else splits.val, prefix=split).metrics
 
 
-def export_results(grid, run_dir: Path, settings, searched: list[str], splits: data.ImageSplits,
+def export_results(grid, run_dir: Path, settings, searched: list[str], splits: folders.ImageSplits,
                    budget: SearchBudget, location: str | None = None) -> None:
     """Write the tables and best/ into `run_dir` (a local folder); `location` is where the user finds them."""
     rows = trial_rows(grid, settings, searched, budget)

@@ -29,7 +29,7 @@ from ray import tune
 from ..runs.budget import SearchBudget
 from ..runs.storage import local_data
 from ..testing.faults import fault_hook, fault_point
-from ..train import data
+from ..train import folders
 from ..train.checkpoint import CorruptCheckpoint, load_torch, save_torch
 from ..train.config import TrainConfig, make_config
 from ..train.engine import Diverged, Trainer
@@ -39,7 +39,7 @@ from ..train.plan import TrialPlan, steps_per_epoch, trial_plan
 TRAINER_STATE = "trainer.pt"
 
 
-def train_trial(config: dict[str, Any], *, data_location: str, splits: data.ImageSplits, budget: SearchBudget,
+def train_trial(config: dict[str, Any], *, data_location: str, splits: folders.ImageSplits, budget: SearchBudget,
                 cpus: float = 1.0, loader_workers: int | None = None) -> None:
     """Train one configuration for the search's budget, one `tune.report` (metrics + checkpoint) per round.
 

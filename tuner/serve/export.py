@@ -1,7 +1,7 @@
 """Export a trained checkpoint for serving without this package: torch.export (.pt2), ONNX or TorchScript.
 
 The exported model takes a float32 RGB batch (N, 3, S, S) in [0, 1], S = the checkpoint's image_size:
-each image's shorter side resized (bilinear, antialiased, as PIL does) to `data.resize_size(S)`, then
+each image's shorter side resized (bilinear, antialiased, as PIL does) to `loading.resize_size(S)`, then
 centre-cropped to S, then scaled to [0, 1] (torchvision's ToTensor). Normalisation happens inside the
 model, so a server needs only resize + crop + ToTensor. It returns logits (softmax for probabilities).
 The file carries these facts as JSON: the `preprocessing.json` extra file (torch.export and TorchScript) or
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError, first_line
-from ..train import data
+from ..train import loading
 from ..train.checkpoint import atomic_write, load_checkpoint
 from ..train.evaluation import load_trained
 
@@ -83,12 +83,12 @@ def serving_model(payload: dict[str, Any]) -> tuple[ServingModel, dict[str, Any]
         "model": config.model,
         "classes": list(payload["classes"]),
         "image_size": size,
-        "resize": data.resize_size(size),
+        "resize": loading.resize_size(size),
         "interpolation": "bilinear, antialiased",
         "mean": list(norm["mean"]),
         "std": list(norm["std"]),
         "input": "float32 RGB in [0, 1], NCHW",
-        "preprocess": f"resize the shorter side to {data.resize_size(size)} px, centre-crop {size} px, "
+        "preprocess": f"resize the shorter side to {loading.resize_size(size)} px, centre-crop {size} px, "
                       f"scale to [0, 1] (ToTensor); normalisation is inside the model",
         "output": "logits; softmax for probabilities",
         "weights": payload["weights"],

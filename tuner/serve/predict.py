@@ -8,7 +8,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
-from ..train import data
+from ..train import loading
 from ..train.checkpoint import load_checkpoint
 from ..train.engine import resolve_device
 from ..train.evaluation import load_trained
@@ -22,7 +22,7 @@ class Predictor:
         self.model, self.device = trained.model, trained.device
         self.classes: list[str] = trained.classes
         self.weights = trained.weights
-        self.transform = data.eval_transforms(image_size=trained.config.image_size, **trained.normalization)
+        self.transform = loading.eval_transforms(image_size=trained.config.image_size, **trained.normalization)
 
     @torch.no_grad()
     def probabilities(self, paths: list[str | Path]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Augmentation of whole batches on the training device, with random parameters drawn per image.
 
-The loader only crops and flips (data.crop_transforms) and hands over uint8 batches; everything else
+The loader only crops and flips (loading.crop_transforms) and hands over uint8 batches; everything else
 runs here, vectorised over the batch: on the GPU when the trial has one, and on a CPU still far
 cheaper than transforming one image at a time (torchvision's tensor ops cost 0.2-4 ms per small image,
 hue alone 0.6 ms at 64 px). Parameters come from a seeded CPU generator, so a batch is augmented the
@@ -49,17 +49,18 @@ def _standardize(x: torch.Tensor, mean, std, scale: float = 1.0) -> torch.Tensor
 
 
 class BatchAugment:
-    """uint8 batch -> augmented, normalised float batch; `aug_strength` 0 only normalises."""
+    """uint8 batch -> augmented, normalised float batch; a policy of strength 0 only normalises."""
 
-    def __init__(self, *, aug_strength: float, mean, std):
-        self.policy, self.mean, self.std = AugmentPolicy.from_strength(aug_strength), mean, std
+    def __init__(self, policy: AugmentPolicy, *, mean, std):
+        self.policy, self.mean, self.std = policy, mean, std
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.policy.strength == 0:
             return normalize(images, self.mean, self.std)
-        params = _draw(images.shape[0], self.policy, generator)
-        x = _resample(images.float(), self._geometry(params))  # still 0-255: linear ops
-        x = _jitter(x, params["brightness"], params["contrast"], params["saturation"], params["hue"], scale=1 / 255)
+        params = draw_params(images.shape[0], self.policy, generator)
+        x = resample(images.float(), self._geometry(params))  # still 0-255: linear ops
+        x = colour_jitter(x, params["brightness"], params["contrast"], params["saturation"], params["hue"],
+                          scale=1 / 255)
         for slot in range(self.policy.randaugment_ops):
             x = self._colour_op(x, params["op"][:, slot], params["sign"][:, slot])
         return _standardize(x, self.mean, self.std)
@@ -69,7 +70,7 @@ class BatchAugment:
 
     def _geometry(self, params) -> torch.Tensor:
         """(N, 3, 3) forward maps in normalised coordinates: jitter rotation, then the RandAugment ops."""
-        matrices = _rotation(params["rotation"])
+        matrices = rotation_matrices(params["rotation"])
         for slot in range(self.policy.randaugment_ops):
             op, sign = params["op"][:, slot], params["sign"][:, slot]
             step = torch.eye(3).repeat(len(op), 1, 1)
@@ -80,7 +81,7 @@ class BatchAugment:
             step[:, 0, 2] = torch.where(op == RANDAUGMENT_OPS.index("translate_x"), shift, 0.0)
             step[:, 1, 2] = torch.where(op == RANDAUGMENT_OPS.index("translate_y"), shift, 0.0)
             degrees = torch.where(op == RANDAUGMENT_OPS.index("rotate"), self._value(0, 30) * sign, 0.0)
-            matrices = _rotation(degrees) @ step @ matrices
+            matrices = rotation_matrices(degrees) @ step @ matrices
         return matrices
 
     def _colour_op(self, x: torch.Tensor, op: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
@@ -89,14 +90,14 @@ class BatchAugment:
         bits = 8 - round(self.policy.randaugment_magnitude / ((BINS - 1) / 4))
         threshold = self._value(1.0, 0.0)
         ops = {
-            "brightness": lambda x, f: _brightness(x, f),
-            "color": lambda x, f: _saturation(x, f),
-            "contrast": lambda x, f: _contrast(x, f),
-            "sharpness": lambda x, f: _sharpness(x, f),
-            "posterize": lambda x, f: _posterize(x, bits),
+            "brightness": lambda x, f: adjust_brightness(x, f),
+            "color": lambda x, f: adjust_saturation(x, f),
+            "contrast": lambda x, f: adjust_contrast(x, f),
+            "sharpness": lambda x, f: adjust_sharpness(x, f),
+            "posterize": lambda x, f: posterize(x, bits),
             "solarize": lambda x, f: torch.where(x >= threshold, 1 - x, x),
-            "autocontrast": lambda x, f: _autocontrast(x),
-            "equalize": lambda x, f: _equalize(x),
+            "autocontrast": lambda x, f: autocontrast(x),
+            "equalize": lambda x, f: equalize(x),
         }
         op = op.to(x.device)
         for name, apply in ops.items():
@@ -142,7 +143,7 @@ def _uniform(low: float, high: float, shape, generator: torch.Generator) -> torc
     return low + (high - low) * torch.rand(*shape, generator=generator)
 
 
-def _draw(n: int, policy: AugmentPolicy, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def draw_params(n: int, policy: AugmentPolicy, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Every image's random parameters; the order of the draws is part of exact resume, keep it."""
     def uniform(low, high):
         return _uniform(low, high, (n,), generator)
@@ -159,7 +160,8 @@ def _draw(n: int, policy: AugmentPolicy, generator: torch.Generator) -> dict[str
     }
 
 
-def _rotation(degrees: torch.Tensor) -> torch.Tensor:
+def rotation_matrices(degrees: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) forward maps in normalised coordinates turning each image by its `degrees`."""
     radians = degrees * math.pi / 180
     cos, sin = torch.cos(radians), torch.sin(radians)
     matrices = torch.eye(3).repeat(len(degrees), 1, 1)
@@ -167,7 +169,7 @@ def _rotation(degrees: torch.Tensor) -> torch.Tensor:
     return matrices
 
 
-def _resample(x: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
+def resample(x: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
     """Warp every image by its forward map (square images, normalised coordinates); skip identities."""
     moved = (forward - torch.eye(3)).abs().flatten(1).amax(1) > 1e-6
     if not moved.any():
@@ -185,24 +187,28 @@ def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.
     return (other + _per_image(factor) * (x - other)).clamp(0, 1)
 
 
-def _grey(x: torch.Tensor) -> torch.Tensor:
+def to_grey(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) luma of float images, ITU-R 601 as torchvision's rgb_to_grayscale."""
     r, g, b = _GREY.tolist()
     return r * x[:, 0:1] + g * x[:, 1:2] + b * x[:, 2:3]  # 4x faster than an einsum on a CPU
 
 
-def _brightness(x, factor):
+def adjust_brightness(x, factor):
+    """torchvision's adjust_brightness on float images in [0, 1], one factor per image."""
     return (x * _per_image(factor)).clamp(0, 1)
 
 
-def _contrast(x, factor):
-    return _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+def adjust_contrast(x, factor):
+    """torchvision's adjust_contrast on float images in [0, 1], one factor per image."""
+    return _blend(x, to_grey(x).mean(dim=(1, 2, 3), keepdim=True), factor)
 
 
-def _saturation(x, factor):
-    return _blend(x, _grey(x), factor)
+def adjust_saturation(x, factor):
+    """torchvision's adjust_saturation on float images in [0, 1], one factor per image."""
+    return _blend(x, to_grey(x), factor)
 
 
-def _jitter(x, brightness, contrast, saturation, hue, scale: float = 1.0) -> torch.Tensor:
+def colour_jitter(x, brightness, contrast, saturation, hue, scale: float = 1.0) -> torch.Tensor:
     """Brightness, contrast, saturation and hue as one colour matrix and offset per image, clamped once.
 
     Each of the four is linear in the colour, so composing them costs one pass over the pixels instead
@@ -230,7 +236,7 @@ def _hue_matrices(turns: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(_RGB_TO_YIQ) @ rotate @ _RGB_TO_YIQ
 
 
-def _sharpness(x, factor):
+def adjust_sharpness(x, factor):
     """PIL's sharpness: blend with a 3x3 smoothed copy whose border pixels are left as they are."""
     # PIL's SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 = (3x3 box sum + 4 * centre) / 13;
     # the box sum as row then column sums of shifted slices is 4x faster than avg_pool2d on a CPU.
@@ -241,12 +247,14 @@ def _sharpness(x, factor):
     return _blend(x, smooth, factor)
 
 
-def _posterize(x, bits: int):
+def posterize(x, bits: int):
+    """torchvision's posterize (keep `bits` bits of each uint8 value) on float images in [0, 1]."""
     step = 2 ** (8 - bits)
     return torch.floor(x * 255 / step) * step / 255
 
 
-def _autocontrast(x):
+def autocontrast(x):
+    """torchvision's autocontrast: stretch each image's channels to [0, 1]; flat channels stay."""
     low = x.amin(dim=(2, 3), keepdim=True)
     high = x.amax(dim=(2, 3), keepdim=True)
     scale = torch.where(high > low, 1 / (high - low).clamp_min(1e-8), 1.0)
@@ -254,7 +262,7 @@ def _autocontrast(x):
     return ((x - low) * scale).clamp(0, 1)
 
 
-def _equalize(x):
+def equalize(x):
     """Histogram equalisation per image and channel, as torchvision computes it on uint8 values."""
     n, c, h, w = x.shape
     values = (x * 255).round().long().view(n * c, h * w)

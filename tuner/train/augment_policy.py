@@ -1,6 +1,6 @@
 """The augmentation policy: what `aug_strength` s in [0, 1] sets, the one place its numbers live.
 
-Framework-free, in the manner of big_transfer's bit_hyperrule.py. The loader (data.crop_transforms:
+Framework-free, in the manner of big_transfer's bit_hyperrule.py. The loader (loading.crop_transforms:
 crop and flip, per image) and the training device (augment.BatchAugment: rotation, colour jitter and
 RandAugment, per batch) both read an AugmentPolicy, and README's "Augmentation strength" table is
 rendered from it (readme_table; a test compares the two), so code and prose cannot drift apart.
@@ -55,6 +55,9 @@ class AugmentPolicy:
             randaugment_ops=2 if randaugment else 0,  # torchvision's default number of ops
             randaugment_magnitude=math.floor(9 * s + 0.5) if randaugment else 0,  # halves round up: 0.5 -> 5
         )
+
+
+NO_AUGMENTATION = AugmentPolicy.from_strength(0.0)  # evaluation's: resize + centre crop, no randomness
 
 
 def readme_table(strengths=README_STRENGTHS) -> list[str]:

@@ -122,7 +122,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_payload(model: dict, description: dict[str, Any], epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
     """What `best/model.pt` holds: weights plus what to rebuild and use them (config, classes, weights
-    provenance, normalisation: `description`, as in Trainer.description() or a saved trainer state)."""
+    provenance, normalisation: `description`, as in trainer_state.description or a saved trainer state)."""
     return {"format": CHECKPOINT_FORMAT, "model": model,
             **{key: description.get(key) for key in DESCRIPTION_KEYS}, "epoch": epoch, "metrics": metrics}
 

@@ -102,7 +102,7 @@ class TrainConfig:
     image_size: int = hyperparameter(  # ImageNet's training size; smaller is much faster, less accurate
         224, "Training and evaluation crop size in pixels.")
     # 0 = resize + centre crop only, 1 = strong; augment_policy.py says what each strength does: the loader
-    # crops and flips (data.crop_transforms), the training device does the rest (augment.BatchAugment).
+    # crops and flips (loading.crop_transforms), the training device does the rest (augment.BatchAugment).
     aug_strength: float = hyperparameter(
         0.5, "One augmentation knob, from none (0) to strong (1); see Augmentation strength below.")
     batch_size: int = hyperparameter(32, "Training batch size.")  # the seed's batch size

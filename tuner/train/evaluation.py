@@ -15,11 +15,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from . import cache, data
-from .augment import normalize
+from .batches import eval_batches
 from .config import TrainConfig, make_config
+from .loading import eval_loader
 from .model import TransferResNet, build_model
 from .precision import ComputeChoice
 
@@ -73,18 +72,6 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     return Evaluation(metrics, logits)
 
 
-def eval_loader(samples: list[tuple[str, int]], config: TrainConfig, *, device: torch.device,
-                num_workers: int = 0) -> DataLoader:
-    """uint8 centre crops of `samples` in batches of config.batch_size, in order: what validation reads
-    (from the node's decoded-image cache when config.image_cache is on)."""
-    size = config.image_size
-    paths = [path for path, _ in samples]
-    decoded = cache.decoded_images(paths, data.resize_size(size)) if config.image_cache else None
-    return data.make_loader(samples, data.crop_transforms(image_size=size, aug_strength=0.0),
-                            batch_size=config.batch_size, num_workers=num_workers,
-                            pin_memory=device.type == "cuda", decoded=decoded, shuffle=False)
-
-
 @dataclass(frozen=True)
 class TrainedModel:
     """A model rebuilt from a best-model payload, in eval mode on `device`, with what it was trained with."""
@@ -101,11 +88,9 @@ class TrainedModel:
         return autocast(self.device, self.compute.autocast_dtype)
 
     def batches(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, ...]]:
-        """A uint8 loader's batches on the device, normalised and in the model's layout (as the trainer's)."""
-        for images, labels in loader:
-            images = normalize(images.to(self.device, non_blocking=True), **self.normalization)
-            yield (images.contiguous(memory_format=self.compute.torch_memory_format),
-                   labels.to(self.device, non_blocking=True))
+        """A uint8 loader's batches on the device, normalised and in the model's layout (the trainer's eval_batches)."""
+        return eval_batches(loader, device=self.device, normalization=self.normalization,
+                            memory_format=self.compute.torch_memory_format)
 
     def evaluate(self, samples: list[tuple[str, int]], *, prefix: str, keep_logits: bool = False) -> Evaluation:
         """Metrics on `samples` (path, label) read as validation reads them: centre crops, the run's batch size."""

@@ -1,24 +1,10 @@
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tuner.errors import DataError, UserError
-from tuner.train.data import (
-    IMAGE_EXTENSIONS,
-    check_data,
-    crop_transforms,
-    eval_transforms,
-    find_splits,
-    load_splits,
-    make_loader,
-    verify_images,
-)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # realistic statistics; training takes them from the weights' metadata
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tuner.errors import DataError
+from tuner.train.folders import IMAGE_EXTENSIONS, find_splits, load_splits, verify_images
 
 
 def _image(path, size=(12, 10), colour=(200, 30, 30)):
@@ -182,140 +168,6 @@ def test_verify_records_the_size_range_by_area(tmp_path):
     _image(tmp_path / "a" / "small.png", size=(5, 4))
     _image(tmp_path / "b" / "large.png", size=(30, 20))
     assert verify_images(find_splits(tmp_path)).image_sizes == ((5, 4), (30, 20))
-
-
-# --- check_data ---
-
-
-def test_check_data_reports_a_usable_dataset(demo_root):
-    lines, usable = check_data(demo_root)
-    text = "\n".join(lines)
-    assert usable
-    assert "train/val folders" in text and "circle" in text
-    assert "image sizes" in text and lines[-1].startswith("verdict: usable")
-
-
-def test_check_data_warns_about_imbalance_and_missing_val_images(tmp_path):
-    _class_folders(tmp_path / "train", {"big": 12, "mid": 10, "tiny": 2})
-    _class_folders(tmp_path / "val", {"big": 2, "mid": 2})
-    (tmp_path / "val" / "tiny").mkdir()
-    lines, usable = check_data(tmp_path)
-    text = "\n".join(lines)
-    assert usable
-    assert "'tiny' has 2 training images, under a third of the median" in text
-    assert "class imbalance" in text and "'tiny' has no validation images" in text
-
-
-def test_check_data_reports_skipped_files_as_a_warning_and_stays_usable(tmp_path):
-    _train_val(tmp_path)
-    (tmp_path / "train" / "dog" / "GT-00001.csv").write_text("Filename;ClassId\n")
-    lines, usable = check_data(tmp_path)
-    assert usable and "warning: skipped 1 non-image file, e.g. train/dog/GT-00001.csv" in lines
-    assert "unreadable or non-image files: 0" in lines and lines[-1].startswith("verdict: usable (1 warning)")
-
-
-def test_check_data_lists_bad_files_and_is_not_usable(tmp_path):
-    _train_val(tmp_path)
-    for i in range(7):
-        (tmp_path / "train" / "cat" / f"bad{i}.jpg").write_bytes(b"x")
-    lines, usable = check_data(tmp_path)
-    assert not usable
-    assert "unreadable or non-image files: 7" in lines
-    assert sum(line.startswith("  train/cat/bad") for line in lines) == 5 and "  ... and 2 more" in lines
-
-
-def test_check_data_puts_the_error_in_the_report(tmp_path):
-    lines, usable = check_data(tmp_path / "nowhere")
-    assert not usable and any("does not exist" in line for line in lines)
-
-
-# --- transforms ---
-
-
-@pytest.fixture
-def photo():
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.randint(0, 256, (60, 80, 3), dtype=torch.uint8, generator=generator)
-    return Image.fromarray(noise.numpy(), "RGB")
-
-
-def test_strength_zero_is_the_deterministic_eval_crop(photo):
-    crop = crop_transforms(image_size=32, aug_strength=0.0)
-    expected = eval_transforms(image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3)(photo)
-    assert torch.equal(crop(photo), crop(photo))
-    assert torch.allclose(crop(photo).float() / 255, expected, atol=1e-6)  # eval = the strength-0 crop, scaled
-
-
-def test_strength_one_is_random(photo):
-    crop = crop_transforms(image_size=32, aug_strength=1.0)
-    torch.manual_seed(0)
-    draws = [crop(photo) for _ in range(4)]
-    assert any(not torch.equal(draws[0], other) for other in draws[1:])
-
-
-@pytest.mark.parametrize("strength", [0.0, 0.3, 0.7, 1.0])
-def test_crops_are_square_uint8_from_pil_images_and_tensors(photo, strength):
-    crop = crop_transforms(image_size=40, aug_strength=strength)
-    as_tensor = torch.from_numpy(np.array(photo)).permute(2, 0, 1)
-    for image in (photo, as_tensor):
-        out = crop(image)
-        assert out.shape == (3, 40, 40) and out.dtype == torch.uint8 and type(out) is torch.Tensor
-
-
-def test_eval_transform_normalises_a_constant_image_exactly():
-    grey = Image.new("RGB", (50, 70), (128, 128, 128))
-    out = eval_transforms(image_size=24, mean=IMAGENET_MEAN, std=IMAGENET_STD)(grey)
-    expected = (128 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    assert torch.allclose(out.mean(dim=(1, 2)), expected, atol=1e-5)
-
-
-def test_aug_strength_outside_zero_to_one_is_refused():
-    with pytest.raises(UserError, match="aug_strength must be"):
-        crop_transforms(image_size=32, aug_strength=1.5)
-
-
-# --- loader ---
-
-
-def test_make_loader_yields_batches_of_the_right_shape(tmp_path):
-    _class_folders(tmp_path, {"a": 4, "b": 3})
-    Image.new("L", (9, 9), 100).save(tmp_path / "b" / "grey.png")  # one-channel files become RGB
-    splits = find_splits(tmp_path, val_fraction=0.25)
-    transform = eval_transforms(image_size=16, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    generator = torch.Generator().manual_seed(0)
-    loader = make_loader(splits.train, transform, batch_size=4, shuffle=True, generator=generator)
-    batches = list(loader)
-    assert [tuple(images.shape) for images, _ in batches] == [(4, 3, 16, 16), (2, 3, 16, 16)]
-    assert batches[0][1].dtype == torch.int64
-
-
-def test_make_loader_refuses_to_drop_every_batch(tmp_path):
-    with pytest.raises(UserError, match="lower batch_size"):
-        make_loader([("x.png", 0)], None, batch_size=4, shuffle=False, drop_last=True)
-
-
-def test_worker_augmentation_follows_the_reseeded_generator(demo_root):
-    # What exact resume relies on: the same generator seed gives the same augmented epoch.
-    samples = find_splits(demo_root).train[:6]
-    transform = crop_transforms(image_size=32, aug_strength=1.0)
-    generator = torch.Generator()
-    loader = make_loader(samples, transform, batch_size=3, shuffle=True, num_workers=1, generator=generator)
-
-    def epoch(seed):
-        generator.manual_seed(seed)
-        return torch.cat([images for images, _ in loader])
-
-    first = epoch(5)
-    assert torch.equal(first, epoch(5))
-    assert not torch.equal(first, epoch(6))
-
-
-@pytest.mark.parametrize(
-    "strength, lowest_scale", [(0.25, 0.77), (0.5, 0.54), (1.0, 0.08)]
-)
-def test_strength_sets_the_crop_scale_as_documented(strength, lowest_scale):
-    steps = crop_transforms(image_size=32, aug_strength=strength).transforms
-    assert steps[0].scale == pytest.approx((lowest_scale, 1.0))
 
 
 def test_a_class_with_one_image_keeps_it_for_training(tmp_path):

@@ -1,4 +1,4 @@
-"""Image folders -> checked train/val/test lists, augmentation presets, datasets and loaders.
+"""Image folders -> checked train/val/test lists of (path, label); nothing is decoded but to verify.
 
 Accepted layouts (hidden files and folders are ignored; other files in class folders that are not images
 by their extension, such as GTSRB's per-class CSVs, are skipped with one summary warning):
@@ -9,35 +9,20 @@ by their extension, such as GTSRB's per-class CSVs, are skipped with one summary
 
 A split is stratified and deterministic: per class, file names are sorted, shuffled with
 `random.Random(seed)`, and the first `round(n * val_fraction)` (at least 1 when n >= 2) go to val.
-
-Augmentation has one knob, `aug_strength` s in [0, 1], whose numbers are augment_policy.AugmentPolicy's.
-It is split between the loader (crop_transforms: random crop and flip, per image, uint8) and the
-training device (augment.BatchAugment: rotation, colour jitter and RandAugment, vectorised over the batch).
-
-With the image cache on (`image_cache`, the default) the loader crops from each image as decoded once
-and resized to a shorter side of size*256/224 (cache.decoded_images), not from the full-size file: the
-same pixels for evaluation, slightly softer large zooms for training.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-import statistics
 import sys
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from ..errors import DataError, UserError, first_line
-from .augment_policy import AugmentPolicy
-from .cache import DecodedImages
 
 try:  # torchvision's ImageFolder list (.ppm/.pgm for GTSRB and the like), so we accept what it accepts
     from torchvision.datasets.folder import IMG_EXTENSIONS as _TORCHVISION_EXTENSIONS
@@ -45,7 +30,6 @@ except ImportError:  # not a public name: a torchvision without it gets the list
     _TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGE_EXTENSIONS = tuple(sorted({*_TORCHVISION_EXTENSIONS, ".gif"}))  # gif: PIL reads its first frame
 SPLIT_FOLDERS = ("train", "val", "test")
-SHOW_BAD_FILES = 5  # check_data lists this many unreadable files; the rest are counted
 
 
 @dataclass
@@ -81,7 +65,7 @@ class ImageSplits:
         if not self.skipped:
             return ""
         n = len(self.skipped)
-        return f"skipped {n} non-image file{'s' if n != 1 else ''}, e.g. {_relative(self.skipped[0], self.root)}"
+        return f"skipped {n} non-image file{'s' if n != 1 else ''}, e.g. {relative_path(self.skipped[0], self.root)}"
 
 
 # --- finding files -----------------------------------------------------------------------------
@@ -255,7 +239,7 @@ def _require_same_classes(root: Path, train_classes: list[str], val_classes: lis
 
 def _check_classes(splits: ImageSplits) -> None:
     """Every class needs a training image, and there must be something to validate on."""
-    counts = _count_per_class(splits.train, len(splits.classes))
+    counts = count_per_class(splits.train, len(splits.classes))
     empty = [name for name, n in zip(splits.classes, counts, strict=True) if n == 0]
     if empty:
         raise DataError(
@@ -270,7 +254,8 @@ def _check_classes(splits: ImageSplits) -> None:
         )
 
 
-def _count_per_class(samples: list[tuple[str, int]], n_classes: int) -> list[int]:
+def count_per_class(samples: list[tuple[str, int]], n_classes: int) -> list[int]:
+    """Images per label, for labels 0 .. n_classes - 1."""
     counts = [0] * n_classes
     for _, label in samples:
         counts[label] += 1
@@ -300,7 +285,7 @@ def verify_images(
         path, reason = bad_files[0]
         raise DataError(
             f"{len(bad_files)} unreadable or non-image files in {splits.root}, "
-            f"first: {_relative(path, splits.root)} ({reason}); remove them or pass --skip-bad-images"
+            f"first: {relative_path(path, splits.root)} ({reason}); remove them or pass --skip-bad-images"
         )
     bad_paths = {path for path, _ in bad_files}
     kept = {name: [s for s in getattr(splits, name) if s[0] not in bad_paths] for name in SPLIT_FOLDERS}
@@ -345,182 +330,9 @@ def _size_range(sizes: list[tuple[int, int]]):
     return by_area[0], by_area[-1]
 
 
-def _relative(path: str, root: Path) -> str:
+def relative_path(path: str, root: Path) -> str:
+    """`path` relative to `root` when it lies under it, else as given: how reports name a file."""
     try:
         return str(Path(path).relative_to(root))
     except ValueError:
         return path
-
-
-# --- the dataset report ------------------------------------------------------------------------
-
-
-def check_data(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], bool]:
-    """A readable report on the dataset at `root` and whether training can use it as it is."""
-    lines = [f"data: {root}"]
-    try:
-        found = find_splits(root, val_fraction=val_fraction, seed=seed)
-        splits = verify_images(found, skip_bad_images=True)  # to list the bad files, not stop at them
-    except DataError as err:
-        return lines + [f"error: {err}", "verdict: not usable; fix the error above"], False
-    lines.append(f"layout: {splits.layout}")
-    lines += _class_table(splits)
-    lines.append(_size_line(splits.image_sizes))
-    lines += _bad_file_lines(splits)
-    warnings = ([splits.skipped_note()] if splits.skipped else []) + _balance_warnings(splits)
-    lines += [f"warning: {w}" for w in warnings]
-    usable = not splits.bad_files
-    if usable:
-        note = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
-        lines.append(f"verdict: usable{note}: {len(splits.classes)} classes, "
-                     f"{len(splits.train)} training and {len(splits.val)} validation images")
-    else:
-        lines.append(f"verdict: not usable as it is: remove the {len(splits.bad_files)} bad files "
-                     "or pass --skip-bad-images (they are then left out)")
-    return lines, usable
-
-
-def _class_table(splits: ImageSplits) -> list[str]:
-    columns = ["train", "val"] + (["test"] if splits.test else [])
-    counts = {name: _count_per_class(getattr(splits, name), len(splits.classes)) for name in columns}
-    width = max(len("class"), len("total"), *(len(c) for c in splits.classes))
-    rows = [f"  {'class':<{width}}" + "".join(f"{c:>8}" for c in columns)]
-    for i, name in enumerate(splits.classes):
-        rows.append(f"  {name:<{width}}" + "".join(f"{counts[c][i]:>8}" for c in columns))
-    rows.append(f"  {'total':<{width}}" + "".join(f"{sum(counts[c]):>8}" for c in columns))
-    return [f"classes: {len(splits.classes)}"] + rows
-
-
-def _size_line(image_sizes) -> str:
-    if image_sizes is None:
-        return "image sizes: no readable images"
-    (w0, h0), (w1, h1) = image_sizes
-    return f"image sizes (w x h): smallest {w0}x{h0}, largest {w1}x{h1}"
-
-
-def _bad_file_lines(splits: ImageSplits) -> list[str]:
-    lines = [f"unreadable or non-image files: {len(splits.bad_files)}"]
-    for path, reason in splits.bad_files[:SHOW_BAD_FILES]:
-        lines.append(f"  {_relative(path, splits.root)}: {reason}")
-    if len(splits.bad_files) > SHOW_BAD_FILES:
-        lines.append(f"  ... and {len(splits.bad_files) - SHOW_BAD_FILES} more")
-    return lines
-
-
-def _balance_warnings(splits: ImageSplits) -> list[str]:
-    train = _count_per_class(splits.train, len(splits.classes))
-    val = _count_per_class(splits.val, len(splits.classes))
-    warnings = []
-    median = statistics.median(train)
-    # A class this far below the rest is mostly ignored by an unweighted loss.
-    for name, n in zip(splits.classes, train, strict=True):
-        if n < median / 3:
-            warnings.append(
-                f"class {name!r} has {n} training images, under a third of the median ({median:g})"
-            )
-    if max(train) > 3 * min(train):
-        warnings.append(f"class imbalance: the largest class has {max(train) / min(train):.1f}x the "
-                        f"training images of the smallest ({max(train)} vs {min(train)})")
-    for name, n in zip(splits.classes, val, strict=True):
-        if n == 0:
-            warnings.append(f"class {name!r} has no validation images; its accuracy is not measured")
-    return warnings
-
-
-# --- what the loader does to each image ---------------------------------------------------------
-
-
-def resize_size(image_size: int) -> int:
-    """The shorter side images are resized to before a centre crop of `image_size` (ImageNet's ratio)."""
-    return round(image_size * 256 / 224)
-
-
-def crop_transforms(*, image_size: int, aug_strength: float) -> Callable:
-    """PIL image or uint8 tensor -> uint8 tensor (3, image_size, image_size): the loader's share of the work.
-
-    `aug_strength` 0 resizes and centre-crops (the eval transform); above 0 it takes a random crop and
-    flips, as AugmentPolicy.from_strength says. The rest of the augmentation runs on whole batches on
-    the training device (augment.BatchAugment).
-    """
-    policy = AugmentPolicy.from_strength(aug_strength)
-    if policy.crop_scale is None:
-        steps = [v2.Resize(resize_size(image_size)), v2.CenterCrop(image_size)]
-    else:
-        steps = [v2.RandomResizedCrop(image_size, scale=policy.crop_scale), v2.RandomHorizontalFlip(policy.flip)]
-    return v2.Compose([*steps, v2.ToImage(), v2.ToPureTensor()])
-
-
-def eval_transforms(*, image_size: int, mean, std) -> Callable:
-    """PIL image -> normalised float tensor (3, image_size, image_size): resize + centre crop.
-
-    The same pixels as training's evaluation (crop_transforms at strength 0, then augment.normalize).
-    """
-    return v2.Compose([
-        crop_transforms(image_size=image_size, aug_strength=0.0),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ])
-
-
-# --- datasets and loaders ----------------------------------------------------------------------
-
-
-class ImageListDataset(Dataset):
-    """(path, label) pairs -> (transformed image, label).
-
-    Images come from `decoded` (the node's decoded-image cache, in the order of `samples`) when given,
-    else from the files, decoded with PIL as RGB on every access.
-    """
-
-    def __init__(self, samples: list[tuple[str, int]], transform: Callable | None,
-                 decoded: DecodedImages | None = None):
-        self.samples = list(samples)
-        self.transform = transform
-        self.decoded = decoded
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        if self.decoded is not None:
-            image = self.decoded[index]
-        else:
-            with Image.open(path) as image:
-                image = image.convert("RGB")  # grey, palette and RGBA files all become 3 channels
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
-
-
-def make_loader(
-    samples: list[tuple[str, int]],
-    transform: Callable,
-    *,
-    batch_size: int,
-    decoded: DecodedImages | None = None,
-    shuffle: bool,
-    num_workers: int = 0,
-    generator: torch.Generator | None = None,
-    pin_memory: bool = False,
-    drop_last: bool = False,
-) -> DataLoader:
-    """A DataLoader over `samples`; pass a seeded `generator` for a reproducible shuffle."""
-    if drop_last and len(samples) < batch_size:
-        # Otherwise the loader is silently empty and an epoch trains on nothing.
-        raise UserError(
-            f"batch_size={batch_size} is larger than the {len(samples)} images and drop_last is set; "
-            "lower batch_size"
-        )
-    return DataLoader(
-        ImageListDataset(samples, transform, decoded),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        generator=generator,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        # Fresh workers each epoch take their seeds from `generator`, which the trainer reseeds per
-        # epoch: augmentation is then a function of (seed, epoch) and a resumed run repeats it exactly.
-        persistent_workers=False,
-    )
