@@ -54,9 +54,9 @@ from gpu_measure import (
     measure_seed,
 )
 
-from tuner.train.folders import ImageSplits, load_splits
 from tuner.train.demo_data import CLASSES, write_demo_data
 from tuner.train.engine import default_workers, resolve_device
+from tuner.train.folders import ImageSplits, load_splits
 from tuner.train.precision import describe_machine
 
 GOAL_RATIO, GOAL_RATE = 3.0, 3000.0

@@ -75,8 +75,8 @@ from trainer_loaders import compare_loaders
 from trainer_memory import MEMORY_SIZE, compare_memory
 
 from tuner.errors import UserError
-from tuner.train.folders import load_splits
 from tuner.train.engine import Trainer, resolve_device
+from tuner.train.folders import load_splits
 from tuner.train.precision import describe_machine
 
 ACCURACY_SIZE = 64  # image size of the accuracy check: keeps N epochs of both sides to minutes on a CPU

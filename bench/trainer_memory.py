@@ -21,9 +21,9 @@ from pathlib import Path
 
 from common import BATCH_SIZE, sample_images, seed_recipe
 
-from tuner.train.folders import load_splits
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer
+from tuner.train.folders import load_splits
 from tuner.train.precision import cpu_has_native_bf16
 
 MEMORY_SIZE = 224  # image size of the memory check: the product's default, where activations are largest

@@ -50,8 +50,8 @@ from common import (
 )
 from torch import nn
 
-from tuner.train.folders import load_splits
 from tuner.train.demo_data import CLASSES, TRANSFER_CLASSES, write_demo_data
+from tuner.train.folders import load_splits
 
 IMAGE_SIZE = 32  # small enough for a 12-trial ResNet-50 search in minutes on a CPU
 # From scratch at 32 px a ResNet-50 learns slowly: AdamW 2e-3 for 15 epochs reached 0.40 val_acc.
