@@ -1,29 +1,9 @@
 """The `tuner check-data` report: layout, class table, sizes, bad files, warnings and a verdict."""
 
-from PIL import Image
+
+from image_folders import class_folders, train_val_folders
 
 from tuner.train.check_data import check_data
-
-
-def _image(path, size=(12, 10), colour=(200, 30, 30)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-    return path
-
-
-def _class_folders(root, counts):
-    """root/<class>/<i>.png for {class: count}."""
-    for name, count in counts.items():
-        for i in range(count):
-            _image(root / name / f"{i:03d}.png")
-    return root
-
-
-def _train_val(root, train_classes=("cat", "dog"), val_classes=("cat", "dog"), per_class=3):
-    _class_folders(root / "train", {name: per_class for name in train_classes})
-    _class_folders(root / "val", {name: 1 for name in val_classes})
-    return root
-
 
 # --- check_data ---
 
@@ -37,8 +17,8 @@ def test_check_data_reports_a_usable_dataset(demo_root):
 
 
 def test_check_data_warns_about_imbalance_and_missing_val_images(tmp_path):
-    _class_folders(tmp_path / "train", {"big": 12, "mid": 10, "tiny": 2})
-    _class_folders(tmp_path / "val", {"big": 2, "mid": 2})
+    class_folders(tmp_path / "train", {"big": 12, "mid": 10, "tiny": 2})
+    class_folders(tmp_path / "val", {"big": 2, "mid": 2})
     (tmp_path / "val" / "tiny").mkdir()
     lines, usable = check_data(tmp_path)
     text = "\n".join(lines)
@@ -48,7 +28,7 @@ def test_check_data_warns_about_imbalance_and_missing_val_images(tmp_path):
 
 
 def test_check_data_reports_skipped_files_as_a_warning_and_stays_usable(tmp_path):
-    _train_val(tmp_path)
+    train_val_folders(tmp_path)
     (tmp_path / "train" / "dog" / "GT-00001.csv").write_text("Filename;ClassId\n")
     lines, usable = check_data(tmp_path)
     assert usable and "warning: skipped 1 non-image file, e.g. train/dog/GT-00001.csv" in lines
@@ -56,7 +36,7 @@ def test_check_data_reports_skipped_files_as_a_warning_and_stays_usable(tmp_path
 
 
 def test_check_data_lists_bad_files_and_is_not_usable(tmp_path):
-    _train_val(tmp_path)
+    train_val_folders(tmp_path)
     for i in range(7):
         (tmp_path / "train" / "cat" / f"bad{i}.jpg").write_bytes(b"x")
     lines, usable = check_data(tmp_path)

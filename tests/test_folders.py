@@ -1,38 +1,18 @@
 from pathlib import Path
 
 import pytest
+from image_folders import class_folders, train_val_folders, write_image
 from PIL import Image
 
 from tuner.errors import DataError
 from tuner.train.folders import IMAGE_EXTENSIONS, find_splits, load_splits, verify_images
 
-
-def _image(path, size=(12, 10), colour=(200, 30, 30)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-    return path
-
-
-def _class_folders(root, counts):
-    """root/<class>/<i>.png for {class: count}."""
-    for name, count in counts.items():
-        for i in range(count):
-            _image(root / name / f"{i:03d}.png")
-    return root
-
-
-def _train_val(root, train_classes=("cat", "dog"), val_classes=("cat", "dog"), per_class=3):
-    _class_folders(root / "train", {name: per_class for name in train_classes})
-    _class_folders(root / "val", {name: 1 for name in val_classes})
-    return root
-
-
 # --- layouts ---
 
 
 def test_train_val_folders_are_used_as_they_are(tmp_path):
-    _train_val(tmp_path)
-    _class_folders(tmp_path / "test", {"dog": 2})
+    train_val_folders(tmp_path)
+    class_folders(tmp_path / "test", {"dog": 2})
     splits = find_splits(tmp_path)
     assert splits.classes == ["cat", "dog"]
     assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 2, 2)
@@ -41,14 +21,14 @@ def test_train_val_folders_are_used_as_they_are(tmp_path):
 
 
 def test_train_folder_without_val_is_split(tmp_path):
-    _class_folders(tmp_path / "train", {"cat": 10, "dog": 5})
+    class_folders(tmp_path / "train", {"cat": 10, "dog": 5})
     splits = find_splits(tmp_path, val_fraction=0.2)
     assert (len(splits.train), len(splits.val), splits.test) == (12, 3, [])
     assert "split val_fraction=0.2" in splits.layout
 
 
 def test_class_folders_split_is_stratified_deterministic_and_respects_val_fraction(tmp_path):
-    _class_folders(tmp_path, {"a": 20, "b": 10, "c": 2, ".hidden": 4})
+    class_folders(tmp_path, {"a": 20, "b": 10, "c": 2, ".hidden": 4})
     splits = find_splits(tmp_path, val_fraction=0.3, seed=1)
     assert splits.classes == ["a", "b", "c"]
     val_per_class = [sum(label == k for _, label in splits.val) for k in range(3)]
@@ -59,7 +39,7 @@ def test_class_folders_split_is_stratified_deterministic_and_respects_val_fracti
 
 
 def test_hidden_files_are_ignored(tmp_path):
-    _class_folders(tmp_path, {"a": 2, "b": 2})
+    class_folders(tmp_path, {"a": 2, "b": 2})
     (tmp_path / "a" / ".DS_Store").write_bytes(b"junk")
     splits = find_splits(tmp_path)
     assert splits.bad_files == [] and len(splits.train) + len(splits.val) == 4
@@ -69,7 +49,7 @@ def test_hidden_files_are_ignored(tmp_path):
 
 
 def _empty_class(root):
-    _class_folders(root, {"a": 3})
+    class_folders(root, {"a": 3})
     (root / "b").mkdir()
     return root
 
@@ -78,14 +58,14 @@ def _empty_class(root):
     "build, message",
     [
         (lambda root: root / "missing", "does not exist"),
-        (lambda root: _image(root / "x.png"), "not a folder"),
-        (lambda root: _image(root / "loose.png").parent, "no class folders"),
-        (lambda root: _class_folders(root, {"only": 3}), "only one class"),
-        (lambda root: _train_val(root, train_classes=("cat",)), "only one class"),
+        (lambda root: write_image(root / "x.png"), "not a folder"),
+        (lambda root: write_image(root / "loose.png").parent, "no class folders"),
+        (lambda root: class_folders(root, {"only": 3}), "only one class"),
+        (lambda root: train_val_folders(root, train_classes=("cat",)), "only one class"),
         (_empty_class, "'b' has no training images"),
-        (lambda root: _train_val(root, val_classes=("cat", "emu")),
+        (lambda root: train_val_folders(root, val_classes=("cat", "emu")),
          "missing in val/: dog; missing in train/: emu"),
-        (lambda root: _class_folders(root / "val", {"a": 1, "b": 1}).parent, "no train/"),
+        (lambda root: class_folders(root / "val", {"a": 1, "b": 1}).parent, "no train/"),
     ],
 )
 def test_unusable_layouts_raise_a_one_line_data_error(tmp_path, build, message):
@@ -96,7 +76,7 @@ def test_unusable_layouts_raise_a_one_line_data_error(tmp_path, build, message):
 
 
 def test_corrupt_image_is_reported_with_its_path_and_the_fix(tmp_path):
-    _train_val(tmp_path)
+    train_val_folders(tmp_path)
     (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
     expected = r"1 unreadable .* first: train/cat/broken.jpg \(cannot identify image file\); remove them"
     with pytest.raises(DataError, match=expected):
@@ -104,15 +84,15 @@ def test_corrupt_image_is_reported_with_its_path_and_the_fix(tmp_path):
 
 
 def test_truncated_image_is_unreadable(tmp_path):
-    _train_val(tmp_path)
-    good = _image(tmp_path / "train" / "dog" / "big.png", size=(64, 64))
+    train_val_folders(tmp_path)
+    good = write_image(tmp_path / "train" / "dog" / "big.png", size=(64, 64))
     good.write_bytes(good.read_bytes()[:60])
     with pytest.raises(DataError, match="train/dog/big.png"):
         load_splits(tmp_path)
 
 
 def test_non_image_files_are_skipped_with_one_summary_warning(tmp_path, capsys):
-    _train_val(tmp_path)
+    train_val_folders(tmp_path)
     (tmp_path / "train" / "cat" / "GT-00000.csv").write_text("Filename;ClassId\n")
     (tmp_path / "val" / "dog" / "notes.txt").write_text("hello")
     (tmp_path / "val" / "dog" / "README").write_text("no extension")
@@ -123,7 +103,7 @@ def test_non_image_files_are_skipped_with_one_summary_warning(tmp_path, capsys):
 
 
 def test_no_warning_when_nothing_is_skipped(tmp_path, capsys):
-    _train_val(tmp_path)
+    train_val_folders(tmp_path)
     (tmp_path / "train" / "cat" / ".DS_Store").write_bytes(b"junk")  # hidden: ignored, not counted
     assert load_splits(tmp_path).skipped == []
     assert capsys.readouterr().err == ""
@@ -132,7 +112,7 @@ def test_no_warning_when_nothing_is_skipped(tmp_path, capsys):
 @pytest.mark.parametrize("suffix, mode", [(".ppm", "RGB"), (".pgm", "L"), (".gif", "P"), (".webp", "RGB"),
                                           (".PPM", "RGB")])
 def test_torchvision_image_extensions_and_gif_are_images(tmp_path, suffix, mode):
-    _train_val(tmp_path)
+    train_val_folders(tmp_path)
     path = tmp_path / "train" / "cat" / f"sign{suffix}"
     Image.new(mode, (9, 7)).save(path, format={".ppm": "PPM", ".pgm": "PPM"}.get(suffix.lower()))
     splits = load_splits(tmp_path)
@@ -146,7 +126,7 @@ def test_image_extensions_include_torchvisions():
 
 
 def test_skip_bad_images_drops_and_counts_them(tmp_path, capsys):
-    _train_val(tmp_path)
+    train_val_folders(tmp_path)
     (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "train" / "dog" / "fake.ppm").write_text("P6 but not really")  # an image by name only
     (tmp_path / "train" / "dog" / "notes.txt").write_text("hello")  # not an image: skipped, not dropped
@@ -157,16 +137,16 @@ def test_skip_bad_images_drops_and_counts_them(tmp_path, capsys):
 
 
 def test_skipping_every_training_image_of_a_class_is_an_error(tmp_path):
-    _train_val(tmp_path, per_class=1)
+    train_val_folders(tmp_path, per_class=1)
     (tmp_path / "train" / "dog" / "000.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match="'dog' has no training images"):
         load_splits(tmp_path, skip_bad_images=True)
 
 
 def test_verify_records_the_size_range_by_area(tmp_path):
-    _class_folders(tmp_path, {"a": 2, "b": 2})
-    _image(tmp_path / "a" / "small.png", size=(5, 4))
-    _image(tmp_path / "b" / "large.png", size=(30, 20))
+    class_folders(tmp_path, {"a": 2, "b": 2})
+    write_image(tmp_path / "a" / "small.png", size=(5, 4))
+    write_image(tmp_path / "b" / "large.png", size=(30, 20))
     assert verify_images(find_splits(tmp_path)).image_sizes == ((5, 4), (30, 20))
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from image_folders import class_folders
 from PIL import Image
 
 from tuner.errors import UserError
@@ -15,24 +16,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # realistic statistics; training takes th
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _image(path, size=(12, 10), colour=(200, 30, 30)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-    return path
-
-
-def _class_folders(root, counts):
-    """root/<class>/<i>.png for {class: count}."""
-    for name, count in counts.items():
-        for i in range(count):
-            _image(root / name / f"{i:03d}.png")
-    return root
-
-
-def _train_val(root, train_classes=("cat", "dog"), val_classes=("cat", "dog"), per_class=3):
-    _class_folders(root / "train", {name: per_class for name in train_classes})
-    _class_folders(root / "val", {name: 1 for name in val_classes})
-    return root
 
 
 # --- transforms ---
@@ -84,7 +67,7 @@ def test_aug_strength_outside_zero_to_one_is_refused():
 
 
 def test_make_loader_yields_batches_of_the_right_shape(tmp_path):
-    _class_folders(tmp_path, {"a": 4, "b": 3})
+    class_folders(tmp_path, {"a": 4, "b": 3})
     Image.new("L", (9, 9), 100).save(tmp_path / "b" / "grey.png")  # one-channel files become RGB
     splits = find_splits(tmp_path, val_fraction=0.25)
     transform = eval_transforms(image_size=16, mean=IMAGENET_MEAN, std=IMAGENET_STD)
