@@ -132,3 +132,24 @@ def test_candidates_are_recorded_and_read_back_without_pickle(tmp_path):
     path.write_bytes(path.read_bytes()[:50])  # a damaged file reads as no record
     assert load_candidates(path) == [] and load_candidates(tmp_path / "missing.npz") == []
     assert load_candidates(io.BytesIO(b"not a zip")) == []
+
+
+def test_a_checkpoints_predictions_read_back_and_a_damaged_file_reads_as_none(tmp_path):
+    """trainable.save_predictions / load_predictions: what the selection reads from each trial checkpoint."""
+    import torch
+    from ray import tune
+
+    from tuner.search.trainable import PREDICTIONS, load_predictions, save_predictions
+    from tuner.train.evaluation import ImagePredictions
+
+    kept = ImagePredictions(torch.tensor([1, 0, 2]), torch.tensor([0.5, 0.2, 0.9]), torch.tensor([1, 1, 2]))
+    save_predictions(kept, tmp_path / PREDICTIONS)
+    checkpoint = tune.Checkpoint.from_directory(str(tmp_path))
+    loaded = load_predictions(checkpoint)
+    assert loaded["predicted"].tolist() == [1, 0, 2] and loaded["label"].tolist() == [1, 1, 2]
+    assert loaded["true_prob"].tolist() == pytest.approx([0.5, 0.2, 0.9])
+    path = tmp_path / PREDICTIONS
+    path.write_bytes(path.read_bytes()[:-30])  # cut short
+    assert load_predictions(checkpoint) is None
+    path.unlink()  # a checkpoint from before predictions were saved
+    assert load_predictions(checkpoint) is None

@@ -155,7 +155,9 @@ def _candidates(ranked: list[tuple[Any, dict[str, Any]]], settings, run_dir: Pat
                                     score=float(metrics[settings.metric]))
     evidence = run_dir / SELECTION_EVIDENCE if run_dir else None
     recorded = [c for c in (load_candidates(evidence) if evidence else []) if c.trial_id not in found]
-    candidates = sorted([*found.values(), *recorded], key=lambda c: c.score, reverse=settings.mode == "max")
+    # Ties by trial id: the same best and order in every export, whichever checkpoints are left.
+    sign = -1 if settings.mode == "max" else 1
+    candidates = sorted([*found.values(), *recorded], key=lambda c: (sign * c.score, c.trial_id))
     candidates = candidates[:SELECTION_CANDIDATES]
     if len({c.correct.shape for c in candidates}) > 1:
         return None
@@ -194,7 +196,8 @@ def export_best(grid, run_dir: Path, settings, splits: folders.ImageSplits,
             state = load_trainer_state(checkpoint)
         except CorruptCheckpoint as err:
             print(f"warning: {err}; using the next best checkpoint", file=sys.stderr, flush=True)
-            reason = f"{delivery.order[0][1].get('trial_id')}'s checkpoint is damaged: the next by {settings.metric}"
+            reason = (f"the checkpoint of trial {delivery.order[0][1].get('trial_id')} is damaged: the next by "
+                      f"{settings.metric}")
             continue
         return _write_best(state, {**metrics, "selection": reason}, run_dir, splits)
     return None  # no trial reported a usable checkpoint

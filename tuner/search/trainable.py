@@ -12,6 +12,7 @@ memory fails it with a message that names the batch and image size.
 from __future__ import annotations
 
 import gc
+import io
 import math
 import posixpath
 import re
@@ -112,10 +113,11 @@ def save_predictions(predictions: ImagePredictions, path: Path) -> None:
 def load_predictions(checkpoint: tune.Checkpoint) -> dict[str, np.ndarray] | None:
     """The per-image validation predictions saved with `checkpoint`; None when it has none (a checkpoint from
     before they were saved) or they do not read back whole (a damaged file)."""
-    try:
-        with checkpoint.as_directory() as folder:
-            with np.load(Path(folder) / PREDICTIONS, allow_pickle=False) as saved:
-                arrays = {name: saved[name] for name in PREDICTION_ARRAYS}
+    try:  # this file alone: a checkpoint at a URI is not downloaded whole
+        with checkpoint.filesystem.open_input_file(f"{checkpoint.path.rstrip('/')}/{PREDICTIONS}") as handle:
+            content = handle.read()
+        with np.load(io.BytesIO(content), allow_pickle=False) as saved:
+            arrays = {name: saved[name] for name in PREDICTION_ARRAYS}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
     return arrays if len({a.shape for a in arrays.values()}) == 1 else None
