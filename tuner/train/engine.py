@@ -25,7 +25,7 @@ from .batches import TrainBatches, batch_mixer, eval_batches
 from .checkpoint import save_text, save_torch, write_best
 from .config import METRICS, TrainConfig, is_better
 from .ema import ModelEMA, evaluated_model
-from .evaluation import ImagePredictions, autocast, evaluate
+from .evaluation import Evaluation, ImagePredictions, autocast, evaluate
 from .features import FeatureExtractor, SplitFeatures
 from .folders import ImageSplits
 from .loading import crop_transforms, eval_loader, image_loader
@@ -252,26 +252,25 @@ class Trainer:
         """Loss, accuracy (and top-5 with 10+ classes) on `loader` of `model`, by default the evaluated one."""
         batches = eval_batches(loader, device=self.device, normalization=self.normalization,
                                memory_format=self.memory_format)
-        return self._metrics(batches, prefix, model=model)
+        return self._evaluation(batches, prefix, model=model).metrics
 
-    def _metrics(self, batches, prefix: str, head_only: bool = False, model: nn.Module | None = None,
-                 keep_predictions: bool = False) -> dict[str, float]:
+    def _evaluation(self, batches, prefix: str, head_only: bool = False, model: nn.Module | None = None,
+                    keep_predictions: bool = False) -> Evaluation:
         model = evaluated_model(self.model, self.ema) if model is None else model
         model.eval()  # the whole model, also when only its head runs on cached features
         forward = model.fc if head_only else self.forward if model is self.model else model
-        evaluation = evaluate(forward, batches, num_classes=len(self.classes), device=self.device,
-                              dtype=self.amp_dtype, prefix=prefix, keep_predictions=keep_predictions)
-        if keep_predictions:
-            self.val_predictions = evaluation.predictions
-        return evaluation.metrics
+        return evaluate(forward, batches, num_classes=len(self.classes), device=self.device, dtype=self.amp_dtype,
+                        prefix=prefix, keep_predictions=keep_predictions)
 
     def validate(self) -> dict[str, float]:
         """Validation metrics, from cached features when the backbone is frozen; `self.val_predictions`
         then holds each validation image's prediction, in the order of the split's samples."""
-        batches = (self.features.batches("val") if self.head_only() else
-                   eval_batches(self.val_loader, device=self.device, normalization=self.normalization,
-                                memory_format=self.memory_format))
-        return self._metrics(batches, "val", head_only=self.head_only(), keep_predictions=True)
+        head_only = self.head_only()
+        batches = (self.features.batches("val") if head_only else eval_batches(
+            self.val_loader, device=self.device, normalization=self.normalization, memory_format=self.memory_format))
+        evaluation = self._evaluation(batches, "val", head_only=head_only, keep_predictions=True)
+        self.val_predictions = evaluation.predictions
+        return evaluation.metrics
 
     def run_epoch(self) -> dict[str, Any]:
         """Train and validate one epoch; returns its metrics (`improved` says whether it is the new best)."""
