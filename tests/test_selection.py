@@ -153,3 +153,14 @@ def test_a_checkpoints_predictions_read_back_and_a_damaged_file_reads_as_none(tm
     assert load_predictions(checkpoint) is None
     path.unlink()  # a checkpoint from before predictions were saved
     assert load_predictions(checkpoint) is None
+
+
+def test_the_delivered_trial_and_its_reason_are_read_from_best_metrics(tmp_path):
+    """results.delivered_trial: what a step after the search (a refit) asks for."""
+    import json
+
+    from tuner.search.results import delivered_trial
+
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "metrics.json").write_text(json.dumps({"trial_id": "c", "selection": "why", "val_acc": 0.7}))
+    assert delivered_trial(tmp_path) == ("c", "why")

@@ -140,25 +140,26 @@ def choose_delivery(grid, settings, run_dir: Path | None = None) -> Delivery:
 
 
 def _candidates(ranked: list[tuple[Any, dict[str, Any]]], settings, run_dir: Path | None) -> list[Candidate] | None:
-    """The best checkpoint of each of the top trials with its per-image correctness, the best first (with
-    those an earlier export recorded in run_dir); None if one of them has no predictions."""
+    """The best checkpoint of each of the top trials with its per-image correctness, the best first; a trial
+    whose checkpoint is gone (deleted by an earlier export) as run_dir's record of that export has it. None
+    if one of them has no predictions either way."""
+    evidence = run_dir / SELECTION_EVIDENCE if run_dir else None
+    recorded = {c.trial_id: c for c in (load_candidates(evidence) if evidence else [])}
     found = {}
     for checkpoint, metrics in ranked:  # best first: a trial's first checkpoint is its best
         trial_id = metrics.get("trial_id")
         if trial_id in found or len(found) == SELECTION_CANDIDATES:
             continue
         predictions = load_predictions(checkpoint)
-        if predictions is None:
+        if predictions is None and trial_id not in recorded:
             return None
-        found[trial_id] = Candidate(trial_id, predictions["predicted"] == predictions["label"],
-                                    stages=int(metrics.get("unfrozen_stages") or 0), steps=int(metrics["step"]),
-                                    score=float(metrics[settings.metric]))
-    evidence = run_dir / SELECTION_EVIDENCE if run_dir else None
-    recorded = [c for c in (load_candidates(evidence) if evidence else []) if c.trial_id not in found]
+        found[trial_id] = recorded[trial_id] if predictions is None else Candidate(
+            trial_id, predictions["predicted"] == predictions["label"], stages=int(metrics.get("unfrozen_stages") or 0),
+            steps=int(metrics["step"]), score=float(metrics[settings.metric]))
     # Ties by trial id: the same best and order in every export, whichever checkpoints are left.
     sign = -1 if settings.mode == "max" else 1
-    candidates = sorted([*found.values(), *recorded], key=lambda c: (sign * c.score, c.trial_id))
-    candidates = candidates[:SELECTION_CANDIDATES]
+    candidates = sorted([*found.values(), *(c for c in recorded.values() if c.trial_id not in found)],
+                        key=lambda c: (sign * c.score, c.trial_id))[:SELECTION_CANDIDATES]
     if len({c.correct.shape for c in candidates}) > 1:
         return None
     if evidence:
