@@ -91,3 +91,29 @@ def test_evaluate_reports_top5_with_ten_classes():
     result = evaluate(model, [(torch.randn(10, 2), labels)], num_classes=10, device=CPU)
     assert result.logits is None
     assert 0.0 <= result.metrics["val_acc"] <= result.metrics["val_top5"] <= 1.0
+
+
+def test_evaluate_keeps_each_images_prediction_in_order():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    inputs, labels = torch.randn(10, 4), torch.randint(3, (10,))
+    result = evaluate(model, [(inputs[:4], labels[:4]), (inputs[4:], labels[4:])], num_classes=3, device=CPU,
+                      keep_predictions=True)
+    expected = model(inputs)
+    kept = result.predictions
+    assert torch.equal(kept.label, labels) and torch.equal(kept.predicted, expected.argmax(1))
+    assert torch.allclose(kept.true_prob, expected.softmax(1)[torch.arange(10), labels])
+    assert kept.correct.float().mean().item() == result.metrics["val_acc"]
+    assert evaluate(model, [(inputs, labels)], num_classes=3, device=CPU).predictions is None  # only when asked
+
+
+@pytest.mark.parametrize("unfreeze_depth", [0, 2])  # 0: the head on cached features; 2: the images
+def test_validation_keeps_the_val_predictions_in_the_splits_order(small, unfreeze_depth):
+    config = make_config({"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 8, "epochs": 1,
+                          "unfreeze_depth": unfreeze_depth, "precision": "fp32"})
+    trainer = Trainer(config, small, num_workers=0)
+    metrics = trainer.validate()
+    kept = trainer.val_predictions
+    assert kept.label.tolist() == [label for _, label in small.val]  # one per image, in the split's order
+    assert kept.correct.float().mean().item() == pytest.approx(metrics["val_acc"])
+    assert ((kept.true_prob >= 0) & (kept.true_prob <= 1)).all()

@@ -185,7 +185,7 @@ def test_export_skips_a_damaged_best_checkpoint_for_the_next_best(faulted, root,
     damaged.unlink()
     damaged.write_bytes(content)
 
-    payload = export_best(grid, tmp_path / "out", RunSettings(), folders.load_splits(root / "data"))
+    payload = export_best(grid, tmp_path / "out", RunSettings(selection="highest"), folders.load_splits(root / "data"))
     assert f"warning: checkpoint {damaged} is damaged" in capsys.readouterr().err
     assert (payload["metrics"]["trial_id"], payload["epoch"]) == (second_metrics["trial_id"], second_metrics["epoch"])
     assert json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())["epoch"] == second_metrics["epoch"]

@@ -1,5 +1,6 @@
 """`tuner report`: the HTML page and figures of a real search (local Ray, Optuna, ASHA; tiny data)."""
 
+import html
 import json
 import math
 import os
@@ -490,3 +491,31 @@ def test_figures_leave_out_nan_points(tmp_path):
     for name in ("curves.png", "best.png", "hyper.png", "parallel.png"):
         with Image.open(tmp_path / name) as image:
             image.verify()
+
+
+def test_the_report_names_the_trials_within_noise_and_the_delivered_one(tmp_path):
+    compared = {"a": (True, 1.0, 0.0, 0.0), "e": (True, 0.63, -0.15, 0.05), "c": (False, 0.001, -0.45, -0.15)}
+    trials = []
+    for row in _problem_trials():
+        within, p, low, high = compared.get(row["trial_id"], (None, None, None, None))
+        trials.append({**row, "delivered": row["trial_id"] == "e", "within_noise": within, "mcnemar_p": p,
+                       "diff_low": low, "diff_high": high})
+    run = _problem_run(tmp_path / "chosen", trials)
+    reason = "2 trials are within noise of the best (McNemar p >= 0.05): a, e; delivered the cheapest, trial e"
+    (run / "best").mkdir()
+    (run / "best" / "metrics.json").write_text(json.dumps({"trial_id": "e", "selection": reason}))
+    with open_run(str(run)) as loaded:
+        lines = summary_lines(loaded)
+    assert lines[2] == f"delivered: trial 4 (e): {reason}"  # e started fourth (d has no report)
+    text = write_report(str(run)).read_text()
+    assert html.escape(f"best/ holds trial 4 (e): {reason}.") in text
+    assert "<li>trial 1 (a): val_acc 0.6000, McNemar p 1.000, interval [+0.0000, +0.0000]</li>" in text
+    assert "<li>trial 4 (e): val_acc 0.5500, McNemar p 0.630, interval [-0.1500, +0.0500] (delivered)</li>" in text
+    assert "trial 3 (c)" not in text.split('id="within-noise"')[1].split("</ul>")[0]  # told apart: not listed
+
+
+def test_a_report_without_a_recorded_choice_has_no_delivery_section(tmp_path):
+    run = _problem_run(tmp_path / "before")
+    assert "Which trial was delivered" not in write_report(str(run)).read_text()
+    with open_run(str(run)) as loaded:
+        assert not any(line.startswith("delivered:") for line in summary_lines(loaded))

@@ -9,12 +9,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tuner.runs.selection import load_candidates, select
 from tuner.search.results import evaluate_payload
+from tuner.search.trainable import PREDICTIONS
 from tuner.train import cache, folders, loading
 from tuner.train.checkpoint import load_checkpoint
 
@@ -116,12 +119,42 @@ def test_best_is_the_best_epoch_and_reproduces_its_val_acc(finished, setup):
     run, _ = finished
     metrics = json.loads((run / "best" / "metrics.json").read_text())
     trials = pq.read_table(run / "trials.parquet").to_pylist()
-    assert metrics["val_acc"] == max(row["val_acc"] for row in trials)
-    assert metrics["trial_id"] in {row["trial_id"] for row in trials}
+    # best/ is the delivered trial's best epoch (the selection rule; tests/test_selection.py plants its cases).
+    delivered = [row for row in trials if row["delivered"]]
+    assert [row["trial_id"] for row in delivered] == [metrics["trial_id"]]
+    assert metrics["val_acc"] == delivered[0]["val_acc"] and metrics["epoch"] == delivered[0]["best_epoch"]
     assert {"epoch", "weights", "test_acc"} <= set(metrics)
     payload = load_checkpoint(run / "best")
     splits = folders.load_splits(setup / "data")
     assert evaluate_payload(payload, splits, "val")["val_acc"] == pytest.approx(metrics["val_acc"])
+
+
+def test_best_checkpoints_hold_val_predictions_and_the_summary_names_the_delivered_trial(finished, setup):
+    run, output = finished
+    val = folders.load_splits(setup / "data").val
+    metrics = json.loads((run / "best" / "metrics.json").read_text())
+    trials = {row["trial_id"]: row for row in pq.read_table(run / "trials.parquet").to_pylist()}
+    kept = list(run.glob("trial_*/checkpoint_*"))
+    assert kept
+    for folder in kept:  # the delivered trial's (keep_checkpoints best): each image's prediction, in order
+        with np.load(folder / PREDICTIONS, allow_pickle=False) as saved:
+            assert saved["label"].tolist() == [label for _, label in val]
+            assert saved["predicted"].shape == saved["true_prob"].shape == (len(val),)
+    # The run's record of the compared trials: every trial with a checkpoint, over every validation image.
+    candidates = load_candidates(run / "val_predictions.npz")
+    compared = {trial_id for trial_id, row in trials.items() if row["within_noise"] is not None}
+    assert {c.trial_id for c in candidates} == compared and len(compared) >= 2
+    for candidate in candidates:
+        assert candidate.correct.shape == (len(val),)
+        assert candidate.accuracy == pytest.approx(trials[candidate.trial_id]["val_acc"])
+    selection = select(candidates)
+    assert selection.delivered == metrics["trial_id"] and selection.reason == metrics["selection"]
+    assert f"delivered: trial {metrics['trial_id']} epoch {metrics['epoch']}" in output
+    assert f"  why: {metrics['selection']}" in output
+    if len(selection.within_noise()) > 1:
+        assert "within noise of the best" in output
+        for c in selection.within_noise():
+            assert f"  {c.trial_id}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}" in output
 
 
 def test_the_compute_choice_is_printed_recorded_and_used_by_the_trials(finished):

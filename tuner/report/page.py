@@ -20,11 +20,12 @@ from typing import Any
 from ..errors import first_line
 from ..runs.outcomes import has_result, hyperparameter_columns
 from ..runs.run_files import TRIAL_LOGS
+from ..runs.selection import ALPHA
 from ..runs.storage import is_uri
 from . import figures
 from .analysis import NotAvailable, best_model_analysis
 from .importance import param_importances
-from .run import RunData, counts, open_run, problems, ranked, weights_text
+from .run import RunData, counts, delivered, open_run, problems, ranked, weights_text, within_noise
 
 
 def report_folder(run: str) -> Path:
@@ -76,6 +77,9 @@ def summary_lines(run: str | RunData, html_path: Path | None = None) -> list[str
          f"at epoch {best[0]['best_epoch']}" if best else "best: no trial has reported a result yet"),
         f"weights: {weights_text(run)}",
     ]
+    chosen = delivered(run)
+    if chosen:
+        lines.insert(2, f"delivered: trial {_number(run, chosen[0])} ({chosen[0]}): {chosen[1]}")
     if html_path is not None:
         lines.append(f"report: {html_path}")
     return lines
@@ -129,6 +133,7 @@ def _build(run: RunData, out: Path, top: int) -> str:
 
     page.h2(f"Top {min(top, len(best))} trials by {metric}")
     page.trial_table(best[:top], run)
+    _selection(page, run)
     trouble = problems(run)
     if trouble:
         page.h2("Problems")
@@ -161,6 +166,26 @@ def _build(run: RunData, out: Path, top: int) -> str:
         else:
             page.p("The best model classifies every validation image correctly.")
     return page.html()
+
+
+def _selection(page: _Page, run: RunData) -> None:
+    """Which trial best/ holds and why; with the trials within noise of the best, their paired comparisons."""
+    chosen = delivered(run)
+    if chosen is None:
+        return
+    page.h2("Which trial was delivered")
+    page.p(f"best/ holds trial {_number(run, chosen[0])} ({chosen[0]}): {chosen[1]}.")
+    close = within_noise(run)
+    if close:
+        page.p(f"Trials the search cannot tell from the best on the validation images (exact McNemar p >= {ALPHA}), "
+               "with the 95% paired-bootstrap interval of their accuracy minus the best's:")
+        page.ul([f"trial {t['number']} ({t['trial_id']}): {run.metric} {t[run.metric]:.4f}, McNemar p "
+                 f"{t['mcnemar_p']:.3f}, interval [{t['diff_low']:+.4f}, {t['diff_high']:+.4f}]"
+                 + (" (delivered)" if t.get("delivered") else "") for t in close], html_id="within-noise")
+
+
+def _number(run: RunData, trial_id: str) -> Any:
+    return next((t["number"] for t in run.trials if t["trial_id"] == trial_id), "?")
 
 
 def _curves(run: RunData) -> dict[str, tuple[str, list[int], list[float]]]:

@@ -239,6 +239,21 @@ def problems(run: RunData) -> list[str]:
     return lines
 
 
+def delivered(run: RunData) -> tuple[str, str] | None:
+    """The trial RUN/best/ holds and why the search chose it (best/metrics.json's `selection`); None for a
+    search still running or one made before the choice was recorded."""
+    metrics_file = run.fetch("best/metrics.json")
+    metrics = json.loads(metrics_file.read_text()) if metrics_file else {}
+    return (metrics["trial_id"], metrics["selection"]) if "selection" in metrics else None
+
+
+def within_noise(run: RunData) -> list[dict]:
+    """The trials the search could not tell from the best on the validation images (trials.parquet's
+    within_noise), best first; [] when only the best is, or the run has no such column."""
+    close = [t for t in ranked(run) if t.get("within_noise")]
+    return close if len(close) > 1 else []
+
+
 def weights_text(run: RunData) -> str:
     """The weights the trials started from, in plain words."""
     metrics_file = run.fetch("best/metrics.json")

@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..train.checks import Bounds, check_value
 from ..train.config import METRICS
 from .budget import SearchBudget, asha_rungs, search_budget
+from .selection import RULES
 
 KEEP_CHECKPOINTS = ("best", "all")
 
@@ -72,6 +73,12 @@ class RunSettings:
     keep_checkpoints: str = setting(
         "best", "best: when the search ends, delete the checkpoints of finished trials other than the best "
                 "trial's; all: keep them", choices=KEEP_CHECKPOINTS)
+    # within_noise: of the top trials within noise of the best on the validation images, deliver the cheapest
+    # (runs/selection.py says why); highest: the highest val, as searches did before.
+    selection: str = setting(
+        "within_noise", "which trial best/ delivers: within_noise, the cheapest (fewest trained stages, then steps) "
+                        "of the top trials that a paired test cannot tell from the best on the validation images; "
+                        "highest: the best by the metric", in_space_file=True, choices=RULES)
     # An earlier run whose finished trials enter the new study as history (warm_start.py says which fit).
     warm_start: str | None = setting(
         None, "seed the Optuna study with the finished trials of this earlier run (a run folder) whose "

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from ..errors import first_line
 from ..runs import outcomes
 from ..runs.budget import SearchBudget
 from ..runs.outcomes import has_result
+from ..runs.selection import Candidate, Selection, load_candidates, save_candidates, select
 from ..testing.faults import fault_point
 from ..train import folders
 from ..train.checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
@@ -22,7 +25,7 @@ from ..train.config import METRICS
 from ..train.engine import resolve_device
 from ..train.evaluation import load_trained
 from ..train.model import full_model_state
-from .trainable import load_trainer_state
+from .trainable import load_predictions, load_trainer_state
 
 
 def trial_status(result, budget: SearchBudget) -> str:
@@ -97,18 +100,107 @@ def ranked_checkpoints(grid, metric: str, mode: str) -> list[tuple[Any, dict[str
     return sorted(kept, key=lambda pair: pair[1][metric], reverse=mode == "max")
 
 
-def export_best(grid, run_dir: Path, settings, splits: folders.ImageSplits) -> dict[str, Any] | None:
-    """Copy the best epoch of the best trial to RUN/best/; evaluate it on the test split if there is one.
+# Trials compared with the best: the top of the ranking, where a near-tie can be; more would only add
+# trials that are plainly worse (or, by chance, look as good: every comparison is a new chance of one).
+SELECTION_CANDIDATES = 10
+SELECTION_EVIDENCE = "val_predictions.npz"  # in the run folder: the candidates compared (selection.save_candidates)
+SELECTION_COLUMNS = ("delivered", "within_noise", "mcnemar_p", "diff_low", "diff_high")  # trials.parquet
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The checkpoints to export, the delivered trial's first (then the rest by the metric, fallbacks for a
+    damaged one), why it was chosen, and the comparisons with the best (None under the highest rule)."""
+
+    order: list[tuple[Any, dict[str, Any]]]
+    reason: str
+    selection: Selection | None
+
+
+def choose_delivery(grid, settings, run_dir: Path | None = None) -> Delivery:
+    """Which trial's best checkpoint the search delivers: the run setting `selection`'s rule.
+
+    within_noise (runs/selection.py): the cheapest of the top trials indistinguishable from the best on
+    the validation images; highest: the best by the metric. Without per-image predictions (checkpoints
+    from before they were saved) the highest, and the reason says why. `run_dir`'s val_predictions.npz
+    holds the candidates of an earlier export, whose checkpoints may be gone; it is rewritten.
+    """
+    ranked = ranked_checkpoints(grid, settings.metric, settings.mode)
+    highest = f"the highest {settings.metric}"
+    if settings.selection == "highest" or not ranked:
+        return Delivery(ranked, f"{highest} (selection: highest)", None)
+    candidates = _candidates(ranked, settings, run_dir)
+    if candidates is None:
+        return Delivery(ranked, f"{highest}: the checkpoints hold no per-image predictions to compare", None)
+    chosen = select(candidates)
+    first = next((pair for pair in ranked if pair[1].get("trial_id") == chosen.delivered), None)
+    if first is None:  # its checkpoint is gone: deleted by hand after an earlier export
+        return Delivery(ranked, f"{highest}: the checkpoint of trial {chosen.delivered} is gone", None)
+    return Delivery([first, *(pair for pair in ranked if pair is not first)], chosen.reason, chosen)
+
+
+def _candidates(ranked: list[tuple[Any, dict[str, Any]]], settings, run_dir: Path | None) -> list[Candidate] | None:
+    """The best checkpoint of each of the top trials with its per-image correctness, the best first; a trial
+    whose checkpoint is gone (deleted by an earlier export) as run_dir's record of that export has it. None
+    if one of them has no predictions either way."""
+    evidence = run_dir / SELECTION_EVIDENCE if run_dir else None
+    recorded = {c.trial_id: c for c in (load_candidates(evidence) if evidence else [])}
+    found = {}
+    for checkpoint, metrics in ranked:  # best first: a trial's first checkpoint is its best
+        trial_id = metrics.get("trial_id")
+        if trial_id in found or len(found) == SELECTION_CANDIDATES:
+            continue
+        predictions = load_predictions(checkpoint)
+        if predictions is None and trial_id not in recorded:
+            return None
+        found[trial_id] = recorded[trial_id] if predictions is None else Candidate(
+            trial_id, predictions["predicted"] == predictions["label"], stages=int(metrics.get("unfrozen_stages") or 0),
+            steps=int(metrics["step"]), score=float(metrics[settings.metric]))
+    # Ties by trial id: the same best and order in every export, whichever checkpoints are left.
+    sign = -1 if settings.mode == "max" else 1
+    candidates = sorted([*found.values(), *(c for c in recorded.values() if c.trial_id not in found)],
+                        key=lambda c: (sign * c.score, c.trial_id))[:SELECTION_CANDIDATES]
+    if len({c.correct.shape for c in candidates}) > 1:
+        return None
+    if evidence:
+        atomic_write(evidence, lambda handle: save_candidates(handle, candidates))
+    return candidates
+
+
+def delivered_trial(run_dir: Path) -> tuple[str, str]:
+    """The trial the search delivered in RUN/best/ and why (its `selection`), from best/metrics.json."""
+    metrics = json.loads((Path(run_dir) / "best" / "metrics.json").read_text())
+    return metrics["trial_id"], metrics["selection"]
+
+
+def selection_columns(rows: list[dict[str, Any]], delivery: Delivery, delivered: str | None) -> None:
+    """Add SELECTION_COLUMNS to `rows`: which trial was delivered, and each compared trial against the best."""
+    compared = {c.trial_id: c for c in (delivery.selection.comparisons if delivery.selection else [])}
+    for row in rows:
+        comparison = compared.get(row["trial_id"])
+        row["delivered"] = row["trial_id"] == delivered
+        for column in SELECTION_COLUMNS[1:]:
+            row[column] = getattr(comparison, column) if comparison else None
+
+
+def export_best(grid, run_dir: Path, settings, splits: folders.ImageSplits,
+                delivery: Delivery | None = None) -> dict[str, Any] | None:
+    """Copy the delivered trial's best epoch (choose_delivery) to RUN/best/; evaluate it on the test split if
+    there is one. best/metrics.json's `selection` says why it was chosen.
 
     A damaged checkpoint is never loaded: it is skipped with a warning for the next best one.
     """
-    for checkpoint, metrics in ranked_checkpoints(grid, settings.metric, settings.mode):
+    delivery = delivery or choose_delivery(grid, settings)
+    reason = delivery.reason
+    for checkpoint, metrics in delivery.order:
         try:
             state = load_trainer_state(checkpoint)
         except CorruptCheckpoint as err:
             print(f"warning: {err}; using the next best checkpoint", file=sys.stderr, flush=True)
+            reason = (f"the checkpoint of trial {delivery.order[0][1].get('trial_id')} is damaged: the next by "
+                      f"{settings.metric}")
             continue
-        return _write_best(state, metrics, run_dir, splits)
+        return _write_best(state, {**metrics, "selection": reason}, run_dir, splits)
     return None  # no trial reported a usable checkpoint
 
 
@@ -116,7 +208,8 @@ def _write_best(state: dict[str, Any], metrics: dict[str, Any], run_dir: Path,
                 splits: folders.ImageSplits) -> dict[str, Any]:
     epoch_metrics = outcomes.model_metrics(metrics)
     model = full_model_state(state, f"checkpoint of trial {metrics.get('trial_id')}")
-    payload = model_payload(model, state, state["epoch"], {**epoch_metrics, "trial_id": metrics.get("trial_id")})
+    payload = model_payload(model, state, state["epoch"], {**epoch_metrics, "trial_id": metrics.get("trial_id"),
+                                                           "selection": metrics["selection"]})
     if splits.test:
         payload["metrics"].update(evaluate_payload(payload, splits))
     write_best(run_dir / "best", payload)
@@ -134,11 +227,17 @@ def export_results(grid, run_dir: Path, settings, searched: list[str], splits: f
                    budget: SearchBudget, location: str | None = None) -> None:
     """Write the tables and best/ into `run_dir` (a local folder); `location` is where the user finds them."""
     rows = trial_rows(grid, settings, searched, budget)
+    delivery = choose_delivery(grid, settings, run_dir)
+    selection_columns(rows, delivery, delivery.order[0][1].get("trial_id") if delivery.order else None)
     write_table(rows, run_dir / "trials.parquet")
     write_table(epoch_rows(grid), run_dir / "epochs.parquet")
     fault_point("export")
-    payload = export_best(grid, run_dir, settings, splits)
+    payload = export_best(grid, run_dir, settings, splits, delivery)
+    if payload and payload["metrics"]["trial_id"] != delivery.order[0][1].get("trial_id"):  # a damaged checkpoint
+        selection_columns(rows, delivery, payload["metrics"]["trial_id"])
+        write_table(rows, run_dir / "trials.parquet")
     print_summary(rows, payload, location or str(run_dir), settings, searched)
+    print_selection(delivery.selection, payload)
     if settings.keep_checkpoints == "best":
         best_trial = payload["metrics"]["trial_id"] if payload else None
         dropped, size = drop_finished_checkpoints(grid, rows, keep=best_trial)
@@ -188,12 +287,24 @@ def print_summary(rows, payload, location: str, settings, searched: list[str], t
     if payload is None:
         print("no trial reported a result; nothing exported")
         return
-    print(f"best: trial {payload['metrics']['trial_id']} epoch {payload['epoch']}, {metric} "
+    print(f"delivered: trial {payload['metrics']['trial_id']} epoch {payload['epoch']}, {metric} "
           f"{payload['metrics'][metric]:.4f}" + (f", test_acc {payload['metrics']['test_acc']:.4f}"
                                                   if "test_acc" in payload["metrics"] else ""))
+    print(f"  why: {payload['metrics']['selection']}")
     print(f"weights: {payload['weights']['name']}")
     best = f"{location.rstrip('/')}/best"
     print(f"best model: {best}" + ("" if "://" in location else f"  (tuner predict --model {best} IMAGE)"))
+
+
+def print_selection(selection: Selection | None, payload: dict[str, Any] | None) -> None:
+    """When trials are within noise of the best: which, with their intervals (print_summary says which was
+    delivered and why)."""
+    if payload is None or selection is None or len(selection.within_noise()) < 2:
+        return
+    print(f"within noise of the best (trial {selection.comparisons[0].trial_id}) on the validation images: "
+          f"accuracy, McNemar p, 95% interval of the accuracy difference:")
+    for c in selection.within_noise():
+        print(f"  {c.trial_id}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}  [{c.diff_low:+.4f}, {c.diff_high:+.4f}]")
 
 
 def _short(value: Any) -> str:

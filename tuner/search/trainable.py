@@ -12,15 +12,18 @@ memory fails it with a message that names the batch and image size.
 from __future__ import annotations
 
 import gc
+import io
 import math
 import posixpath
 import re
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.fs as pafs
 import ray
 import torch
@@ -30,13 +33,18 @@ from ..runs.budget import SearchBudget
 from ..runs.storage import local_data
 from ..testing.faults import fault_hook, fault_point
 from ..train import folders
-from ..train.checkpoint import CorruptCheckpoint, load_torch, save_torch
+from ..train.checkpoint import CorruptCheckpoint, atomic_write, load_torch, save_torch
 from ..train.config import TrainConfig, make_config
 from ..train.engine import Diverged, Trainer
+from ..train.evaluation import ImagePredictions
 from ..train.model import CHECKPOINT_FORMAT
 from ..train.plan import TrialPlan, steps_per_epoch, trial_plan
 
 TRAINER_STATE = "trainer.pt"
+# Each validation image's prediction at the checkpoint's round, in the order of the split's samples: the
+# search's selection (runs/selection.py) compares trials by them. numpy arrays, read without pickle.
+PREDICTIONS = "val_predictions.npz"
+PREDICTION_ARRAYS = ("predicted", "true_prob", "label")
 
 
 def train_trial(config: dict[str, Any], *, data_location: str, splits: folders.ImageSplits, budget: SearchBudget,
@@ -82,6 +90,7 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: folders.I
             with tempfile.TemporaryDirectory() as folder:
                 # Lean: no copy of the best weights; Ray keeps the best-scoring checkpoint by the metric.
                 save_torch(trainer.state_dict(include_best=False), Path(folder) / TRAINER_STATE, checksum=True)
+                save_predictions(trainer.val_predictions, Path(folder) / PREDICTIONS)
                 fault_point("checkpoint", config)
                 # Wall-clock times: the report's time axis, and the trial turnover bench/search.py measures.
                 times = {"first_step_at": trainer.first_step_at, "reported_at": time.time()}
@@ -93,6 +102,25 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: folders.I
         if device == "cuda":  # give the GPU memory back now; a full collection costs ~0.2 s, so only here
             gc.collect()
             torch.cuda.empty_cache()
+
+
+def save_predictions(predictions: ImagePredictions, path: Path) -> None:
+    """PREDICTIONS: the arrays of PREDICTION_ARRAYS, one entry per validation image."""
+    arrays = {name: getattr(predictions, name).numpy() for name in PREDICTION_ARRAYS}
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+
+
+def load_predictions(checkpoint: tune.Checkpoint) -> dict[str, np.ndarray] | None:
+    """The per-image validation predictions saved with `checkpoint`; None when it has none (a checkpoint from
+    before they were saved) or they do not read back whole (a damaged file)."""
+    try:  # this file alone: a checkpoint at a URI is not downloaded whole
+        with checkpoint.filesystem.open_input_file(f"{checkpoint.path.rstrip('/')}/{PREDICTIONS}") as handle:
+            content = handle.read()
+        with np.load(io.BytesIO(content), allow_pickle=False) as saved:
+            arrays = {name: saved[name] for name in PREDICTION_ARRAYS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    return arrays if len({a.shape for a in arrays.values()}) == 1 else None
 
 
 def plan_for(hyperparameters: TrainConfig, budget: SearchBudget, train_images: int) -> TrialPlan:

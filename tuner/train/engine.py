@@ -25,7 +25,7 @@ from .batches import TrainBatches, batch_mixer, eval_batches
 from .checkpoint import save_text, save_torch, write_best
 from .config import METRICS, TrainConfig, is_better
 from .ema import ModelEMA, evaluated_model
-from .evaluation import autocast, evaluate
+from .evaluation import Evaluation, ImagePredictions, autocast, evaluate
 from .features import FeatureExtractor, SplitFeatures
 from .folders import ImageSplits
 from .loading import crop_transforms, eval_loader, image_loader
@@ -175,6 +175,7 @@ class Trainer:
         self.best_metrics: dict[str, Any] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
+        self.val_predictions: ImagePredictions | None = None  # the last validation's, per image (validate)
         self.first_step_at: float | None = None  # wall-clock time the first training step began
         # Called with (trainer, step) before every training step. A test hook: tuner/testing/faults.py
         # injects faults through it when TUNER_FAULT is set; None (nothing called) otherwise.
@@ -251,21 +252,25 @@ class Trainer:
         """Loss, accuracy (and top-5 with 10+ classes) on `loader` of `model`, by default the evaluated one."""
         batches = eval_batches(loader, device=self.device, normalization=self.normalization,
                                memory_format=self.memory_format)
-        return self._metrics(batches, prefix, model=model)
+        return self._evaluation(batches, prefix, model=model).metrics
 
-    def _metrics(self, batches, prefix: str, head_only: bool = False,
-                 model: nn.Module | None = None) -> dict[str, float]:
+    def _evaluation(self, batches, prefix: str, head_only: bool = False, model: nn.Module | None = None,
+                    keep_predictions: bool = False) -> Evaluation:
         model = evaluated_model(self.model, self.ema) if model is None else model
         model.eval()  # the whole model, also when only its head runs on cached features
         forward = model.fc if head_only else self.forward if model is self.model else model
         return evaluate(forward, batches, num_classes=len(self.classes), device=self.device, dtype=self.amp_dtype,
-                        prefix=prefix).metrics
+                        prefix=prefix, keep_predictions=keep_predictions)
 
     def validate(self) -> dict[str, float]:
-        """Validation metrics, from cached features when the backbone is frozen."""
-        if self.head_only():
-            return self._metrics(self.features.batches("val"), "val", head_only=True)
-        return self.evaluate(self.val_loader)
+        """Validation metrics, from cached features when the backbone is frozen; `self.val_predictions`
+        then holds each validation image's prediction, in the order of the split's samples."""
+        head_only = self.head_only()
+        batches = (self.features.batches("val") if head_only else eval_batches(
+            self.val_loader, device=self.device, normalization=self.normalization, memory_format=self.memory_format))
+        evaluation = self._evaluation(batches, "val", head_only=head_only, keep_predictions=True)
+        self.val_predictions = evaluation.predictions
+        return evaluation.metrics
 
     def run_epoch(self) -> dict[str, Any]:
         """Train and validate one epoch; returns its metrics (`improved` says whether it is the new best)."""

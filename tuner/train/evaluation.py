@@ -26,9 +26,23 @@ TOP5_MIN_CLASSES = 10  # top-5 accuracy says little with fewer classes: it is 1.
 
 
 @dataclass(frozen=True)
+class ImagePredictions:
+    """Each image's predicted class, probability of its true class and label, on the CPU in batch order."""
+
+    predicted: torch.Tensor  # int64
+    true_prob: torch.Tensor  # float32
+    label: torch.Tensor  # int64
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.predicted == self.label
+
+
+@dataclass(frozen=True)
 class Evaluation:
     metrics: dict[str, float]  # {prefix}_loss, {prefix}_acc, and {prefix}_top5 with 10+ classes
     logits: torch.Tensor | None  # (images, classes), float32 on the CPU in batch order; with keep_logits
+    predictions: ImagePredictions | None = None  # with keep_predictions
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -41,11 +55,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, num_classes: int,
              device: torch.device, dtype: torch.dtype | None = None, prefix: str = "val",
-             keep_logits: bool = False) -> Evaluation:
+             keep_logits: bool = False, keep_predictions: bool = False) -> Evaluation:
     """Mean loss and accuracy of `model` (put in eval mode) over `batches` of (inputs, labels) on `device`.
 
     `dtype` is the autocast precision (None: fp32). The loss is always summed in fp32. `keep_logits`
-    also returns every image's logits, e.g. for a confusion matrix.
+    also returns every image's logits, e.g. for a confusion matrix; `keep_predictions` every image's
+    ImagePredictions (a few numbers an image: what the search's selection compares trials by).
     """
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -53,7 +68,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     correct5 = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     top5 = num_classes >= TOP5_MIN_CLASSES
-    kept = []
+    kept, predicted, true_prob, seen_labels = [], [], [], []
     for inputs, labels in batches:
         with autocast(device, dtype):
             logits = model(inputs)
@@ -65,11 +80,24 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         seen += labels.numel()
         if keep_logits:
             kept.append(logits.float().cpu())
+        if keep_predictions:  # kept on the device: one copy to the host at the end
+            predicted.append(logits.argmax(1))
+            true_prob.append(logits.float().softmax(1).gather(1, labels[:, None]).squeeze(1))
+            seen_labels.append(labels)
     metrics = {f"{prefix}_loss": loss_sum.item() / max(seen, 1), f"{prefix}_acc": correct.item() / max(seen, 1)}
     if top5:
         metrics[f"{prefix}_top5"] = correct5.item() / max(seen, 1)
     logits = (torch.cat(kept) if kept else torch.zeros(0, num_classes)) if keep_logits else None
-    return Evaluation(metrics, logits)
+    predictions = _predictions(predicted, true_prob, seen_labels) if keep_predictions else None
+    return Evaluation(metrics, logits, predictions)
+
+
+def _predictions(predicted: list[torch.Tensor], true_prob: list[torch.Tensor],
+                 labels: list[torch.Tensor]) -> ImagePredictions:
+    if not labels:
+        empty = torch.zeros(0, dtype=torch.long)
+        return ImagePredictions(empty, torch.zeros(0), empty)
+    return ImagePredictions(torch.cat(predicted).cpu(), torch.cat(true_prob).float().cpu(), torch.cat(labels).cpu())
 
 
 @dataclass(frozen=True)
