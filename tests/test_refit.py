@@ -8,6 +8,8 @@ import textwrap
 import pytest
 import torch
 
+from tuner.report.analysis import best_model_analysis
+from tuner.report.run import open_run
 from tuner.runs.settings import RunSettings
 from tuner.search.refit import SEARCH_BEST, refit_best
 from tuner.train import folders
@@ -169,6 +171,10 @@ def test_a_search_with_refit_on_delivers_the_refit_model_with_test_metrics(tmp_p
     assert configs[0] == configs[1]  # the chosen configuration, refit
     assert f"refit: trial {chosen['trial_id']}'s configuration on {metrics['refit_images']} train+val images" \
         in result.stdout
+    # The report looks again at the search's checkpoint on the validation images, not at the refit model.
+    with open_run(str(best.parent)) as run:
+        analysis = best_model_analysis(run)
+    assert analysis.recorded == chosen["val_acc"] and analysis.accuracy == pytest.approx(chosen["val_acc"])
     predicted = subprocess.run([sys.executable, "-m", "tuner", "predict", "--model", str(best), splits.test[0][0]],
                                capture_output=True, text=True, timeout=300)
     assert predicted.returncode == 0, predicted.stderr[-2000:]

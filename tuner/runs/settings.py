@@ -79,7 +79,7 @@ class RunSettings:
                 "trial's; all: keep them", choices=KEEP_CHECKPOINTS)
     refit: str = setting(
         "auto", f"after the search, train the chosen configuration again on train+val for its chosen steps "
-                f"and deliver that in best/ (the search's checkpoint moves to best/search/); auto: on below "
+                f"and deliver that in best/ (the search's own checkpoint is kept in best/search/); auto: on below "
                 f"{REFIT_AUTO_IMAGES:,} training images, where the validation images are a large share of the "
                 f"labels and the refit costs one trial's steps", in_space_file=True, choices=REFIT)
     # An earlier run whose finished trials enter the new study as history (warm_start.py says which fit).
