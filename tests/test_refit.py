@@ -120,13 +120,16 @@ def test_refit_off_leaves_best_as_the_search_left_it(trained, splits, tmp_path):
 def test_refit_on_puts_the_refit_model_in_best_and_the_searchs_beside_it(trained, splits, tmp_path):
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
-    write_best(run / "best", load_checkpoint(trained / "best"))
+    searched = load_checkpoint(trained / "best")
+    searched["metrics"]["selection"] = "the highest val_acc"  # why the search chose it, as results.py says
+    write_best(run / "best", searched)
     before = best_files(run / "best")
     chosen = json.loads((run / "best" / "metrics.json").read_text())
     line = refit_best(run, RunSettings(refit="auto"), splits)  # auto: 50 training images are small data
     assert best_files(run / "best" / SEARCH_BEST) == before
     metrics = json.loads((run / "best" / "metrics.json").read_text())
     assert metrics["refit"] and metrics["refit_steps"] == chosen["step"]
+    assert (metrics["chosen_epoch"], metrics["selection"]) == (chosen["epoch"], "the highest val_acc")
     assert metrics["refit_images"] == len(splits.train) + len(splits.val)
     assert f"on {metrics['refit_images']} train+val images" in line and f"{chosen['step']} steps" in line
     # What best/ holds loads through the normal load path, and its test metrics are that model's.

@@ -42,7 +42,9 @@ def refit_best(run_dir: Path, settings, splits: folders.ImageSplits) -> str | No
     except (UserError, Diverged) as err:
         return f"refit failed ({first_line(err)}); best/ holds the search's checkpoint"
     payload = result.payload
-    payload["metrics"].update({"trial_id": chosen.get("trial_id"), "chosen_epoch": chosen.get("epoch")})
+    # Which trial and epoch it refits, and why the search chose it (`selection`, where results.py says).
+    payload["metrics"].update({"trial_id": chosen.get("trial_id"), "chosen_epoch": chosen.get("epoch"),
+                               **{k: chosen[k] for k in ("selection",) if k in chosen}})
     if splits.test:  # through the normal load path, in the precision it trained in, as the search's was
         trained = load_trained(payload, resolve_device("auto"), as_trained=True)
         payload["metrics"].update(trained.evaluate(splits.test, prefix="test").metrics)
