@@ -33,7 +33,8 @@ def demo_root(tmp_path_factory):
 # 160 training images of batch 32: 5 steps an epoch, a report every epoch, ASHA's rungs at 5 and 10 steps.
 SEARCH_SPACE = """
 SETTINGS = {"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 32, "trials": 6,
-            "max_steps": 15, "grace_period": 5, "reduction_factor": 2, "max_concurrent": 2}
+            "max_steps": 15, "grace_period": 5, "reduction_factor": 2, "max_concurrent": 2,
+            "refit": "off"}  # best/ stays the search's own choice, which these tests check; test_refit.py refits
 
 def space(trial):
     depth = trial.suggest_int("unfreeze_depth", 0, 2)

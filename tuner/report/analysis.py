@@ -34,14 +34,16 @@ def best_model_analysis(run: RunData, *, mistakes: int = 12, device: str = "cpu"
     from ..train.engine import resolve_device
     from ..train.evaluation import load_trained
 
-    model_file = run.fetch("best/model.pt")
+    # A refit model (best/) learnt from the validation images: look again at the search's checkpoint instead.
+    best = "best/search" if run.fetch("best/search/model.pt") else "best"
+    model_file = run.fetch(f"{best}/model.pt")
     if model_file is None:
         raise NotAvailable("there is no best/model.pt yet: the search writes it when it ends")
     try:  # in the precision and layout the search evaluated in, so the accuracy here is its val_acc
         trained = load_trained(load_checkpoint(model_file), resolve_device(device), as_trained=True)
     except UserError as err:
         raise NotAvailable(str(err)) from None
-    config_file = run.fetch("best/config.json")
+    config_file = run.fetch(f"{best}/config.json")
     config = json.loads(config_file.read_text()) if config_file else {}
     location = run.record["settings"].get("data")
     try:  # the same validation split the search used (a URI is fetched into this node's cache)
@@ -64,7 +66,7 @@ def best_model_analysis(run: RunData, *, mistakes: int = 12, device: str = "cpu"
         matrix[true][guess] += 1
     wrong = sorted((i for i, (t, p) in enumerate(zip(labels, guesses, strict=True)) if t != p),
                    key=lambda i: -float(confidence[i]))
-    metrics_file = run.fetch("best/metrics.json")
+    metrics_file = run.fetch(f"{best}/metrics.json")
     metrics = json.loads(metrics_file.read_text()) if metrics_file else {}
     return BestModelAnalysis(
         trial_id=metrics.get("trial_id"), epoch=metrics.get("epoch"), classes=list(splits.classes),

@@ -18,6 +18,11 @@ from .budget import SearchBudget, asha_rungs, search_budget
 from .selection import RULES
 
 KEEP_CHECKPOINTS = ("best", "all")
+REFIT = ("auto", "on", "off")
+# refit auto: on below this many training images. There the validation share is a large part of the labels
+# (a third more images at 20/10 a class), and a refit costs one trial's steps, small next to a search;
+# above it, the learning curve is flat enough that the extra images gain little for the driver's time.
+REFIT_AUTO_IMAGES = 10_000
 
 
 def setting(default: Any, help: str, *, in_space_file: bool = False, has_flag: bool = True,
@@ -79,6 +84,11 @@ class RunSettings:
         "within_noise", "which trial best/ delivers: within_noise, the cheapest (fewest trained stages, then steps) "
                         "of the top trials that a paired test cannot tell from the best on the validation images; "
                         "highest: the best by the metric", in_space_file=True, choices=RULES)
+    refit: str = setting(
+        "auto", f"after the search, train the chosen configuration again on train+val for its chosen steps "
+                f"and deliver that in best/ (the search's own checkpoint is kept in best/search/); auto: on below "
+                f"{REFIT_AUTO_IMAGES:,} training images, where the validation images are a large share of the "
+                f"labels and the refit costs one trial's steps", in_space_file=True, choices=REFIT)
     # An earlier run whose finished trials enter the new study as history (warm_start.py says which fit).
     warm_start: str | None = setting(
         None, "seed the Optuna study with the finished trials of this earlier run (a run folder) whose "
@@ -124,6 +134,10 @@ class RunSettings:
         """What every trial may spend: max_steps, else max_epochs, else sized by the data (runs/budget.py)."""
         return search_budget(train_images, batch_size, max_steps=self.max_steps, max_epochs=self.max_epochs,
                              grace_period=self.grace_period)
+
+    def refits(self, train_images: int) -> bool:
+        """Whether the search ends with a refit on train+val (refit on, or auto with small data)."""
+        return self.refit == "on" or (self.refit == "auto" and train_images < REFIT_AUTO_IMAGES)
 
     def asha_rungs(self, budget: SearchBudget) -> list[int]:
         """The budget steps at which ASHA compares trials; none without early stopping."""

@@ -468,11 +468,16 @@ def _reopen_study(searcher, run: str) -> None:
 
 def _export(grid, run: str, settings: RunSettings, searched: list[str], splits: folders.ImageSplits,
             budget: SearchBudget) -> None:
-    """The tables, best/ and (for a run at a URI) the study into the run folder."""
+    """The tables, best/ (refit on train+val when settings.refit says so) and (for a run at a URI) the study
+    into the run folder."""
+    from .refit import refit_best
     from .results import export_results
 
     with staged(run) as folder:
         export_results(grid, folder, settings, searched, splits, budget, location=run)
+        line = refit_best(folder, settings, splits)  # before MLflow logs best/: the model the user gets
+        if line:
+            print(line)
         if is_uri(run):
             shutil.copyfile(study_path(run), folder / STUDY_FILE)
         if settings.mlflow:

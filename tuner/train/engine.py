@@ -171,6 +171,8 @@ class Trainer:
         self.epoch_steps = len(self.train_loader)
         # The run's length, and the LR schedule's: config.steps, else whole epochs.
         self.total_steps = config.steps or config.epochs * self.epoch_steps
+        # A refit (refit.py) stops at the chosen step of a schedule this long, so the two can differ.
+        self.schedule_steps = self.total_steps
         self.probe: dict[str, Any] | None = None  # how the head was fitted (head_init=probe), once fitted
         self.best_metrics: dict[str, Any] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -221,7 +223,7 @@ class Trainer:
                 self.first_step_at = time.time()  # the first batch is on the device: training starts
             if self.step_hook is not None:
                 self.step_hook(self, step)
-            factor = lr_factor(config, self.step, self.total_steps, self.epoch_steps)
+            factor = lr_factor(config, self.step, self.schedule_steps, self.epoch_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             with autocast(self.device, self.amp_dtype):
