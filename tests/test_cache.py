@@ -78,6 +78,25 @@ def test_the_cache_command_lists_and_clears(tmp_path, capsys):
     assert cache.cache_usage()["images"] == (0, 0)
 
 
+def test_a_cached_entry_is_computed_once_and_listed_and_cleared_as_probes(capsys):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"weight": torch.arange(6.0).view(2, 3), "l2": 0.5, "cv_acc": None}
+
+    first, computed = cache.cached_tensors("probes", "test-entry", compute)
+    again, computed_again = cache.cached_tensors("probes", "test-entry", compute)
+    assert (computed, computed_again, len(calls)) == (True, False, 1)
+    assert torch.equal(again["weight"], first["weight"]) and (again["l2"], again["cv_acc"]) == (0.5, None)
+    assert main(["cache", "list", "--kind", "probes"]) == 0
+    assert "probes" in capsys.readouterr().out
+    assert cache.cache_usage()["probes"][0] >= 1
+    assert main(["cache", "clear", "--kind", "probes"]) == 0
+    assert cache.cache_usage()["probes"] == (0, 0)
+    assert cache.cached_tensors("probes", "test-entry", compute)[1] and len(calls) == 2  # cleared: computed anew
+
+
 def test_the_cache_command_knows_every_kind_the_cache_keeps():
     from tuner.__main__ import CACHE_KINDS
 

@@ -1,11 +1,12 @@
-"""The linear-probe head (head_init=probe): agrees with scikit-learn, starts fine-tuning, resumes exactly."""
+"""The linear-probe head (head_init=probe): agrees with scikit-learn, starts fine-tuning, is fitted once per
+node and key, resumes exactly."""
 
 import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from tuner.train import folders
+from tuner.train import cache, folders
 from tuner.train.augment_policy import NO_AUGMENTATION
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer
@@ -73,6 +74,41 @@ def test_a_probe_head_is_the_fitted_probe_before_the_first_step(splits, features
     assert torch.equal(trainer.best_state["fc.weight"], expected.weight)
     after = trainer.run_round(1)
     assert after["step"] == 1 and "probe_l2" not in after
+
+
+def fitted_head(config, splits):
+    """(the trainer after fitting its probe head, the node-cache entry file of that probe)."""
+    trainer = Trainer(config, splits)
+    trainer.fit_probe_head()
+    key = trainer.extractor.probe_key(splits.train, len(splits.classes), config.probe_l2, config.seed)
+    return trainer, cache.cache_root() / "probes" / key / "entry.pt"
+
+
+def test_the_probe_is_fitted_once_per_node_and_key(splits):
+    small = folders.ImageSplits(root=splits.root, layout=splits.layout, classes=splits.classes,
+                                train=splits.train[::4], val=splits.val[::4], test=[])
+    config = probe_config(probe_l2=0.02, seed=5)  # a key no other test uses
+    first, entry = fitted_head(config, small)
+    written, entries = entry.stat().st_mtime_ns, cache.cache_usage()["probes"][0]
+    second, same_entry = fitted_head(config, small)
+    assert (first.probe["probe_cached"], second.probe["probe_cached"]) == (False, True)
+    # Not fitted again: the entry is the same file, untouched, and no entry was added.
+    assert same_entry == entry and entry.stat().st_mtime_ns == written
+    assert cache.cache_usage()["probes"][0] == entries
+    # The cached head is a fresh fit's, tensor for tensor.
+    features = second.extractor.probe_features(small.train)
+    fresh = fit_probe(features, torch.tensor([label for _, label in small.train]), 8, l2=0.02)
+    for trainer in (first, second):
+        assert torch.equal(trainer.model.fc.weight.data, fresh.weight)
+        assert torch.equal(trainer.model.fc.bias.data, fresh.bias)
+    # A changed key fits again: other l2, other seed (random init: other features), other data.
+    other_data = folders.ImageSplits(root=small.root, layout=small.layout, classes=small.classes,
+                                     train=small.train[1:], val=small.val, test=[])
+    for changed, data in ((probe_config(probe_l2=0.03, seed=5), small), (probe_config(probe_l2=0.02, seed=6), small),
+                          (config, other_data)):
+        trainer, other_entry = fitted_head(changed, data)
+        assert not trainer.probe["probe_cached"] and other_entry != entry and other_entry.is_file()
+    assert cache.cache_usage()["probes"][0] == entries + 3
 
 
 def test_random_head_init_and_random_weights_skip_the_probe(splits):

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .errors import UserError
 
-CACHE_KINDS = ("data", "images", "features", "compute")  # tuner.train.cache.KINDS, without importing torch for --help
+CACHE_KINDS = ("data", "images", "features", "probes", "compute")  # train.cache.KINDS, not importing torch for --help
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,6 +4,7 @@
         data/<hash>/       datasets fetched from a URI (storage.local_data)
         images/<key>/      every image of a split decoded once and resized: pixels.u8 + index.npy
         features/<key>/    a frozen backbone's features per image and view: features.f32 + shape.json
+        probes/<key>/      the linear probe fitted on a bank of features: entry.pt (weight, bias, l2, cv_acc)
         compute/<key>/     the compute probe's seconds a step per precision and layout (precision.py)
 
 A key is a hash of everything an entry depends on (for images: each file's path, size and mtime, and
@@ -31,9 +32,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-KINDS = ("data", "images", "features", "compute")
+KINDS = ("data", "images", "features", "probes", "compute")
 IMAGES_FORMAT = "tuner.images/1"  # bump when the layout or the decoding changes
 FEATURES_FORMAT = "tuner.features/1"
+PROBES_FORMAT = "tuner.probes/1"  # bump when the probe's fit changes its answer (probe.py)
 
 
 def cache_root() -> Path:
@@ -173,6 +175,26 @@ def feature_bank(key: str, shape: tuple[int, int, int], compute: Callable[[np.nd
         (folder / "shape.json").write_text(json.dumps({"shape": list(shape)}))
 
     return FeatureBank(publish(cache_root() / "features" / key, build))
+
+
+# --- fitted probes ----------------------------------------------------------------------------
+
+
+def cached_tensors(kind: str, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
+    """(the dict of tensors and numbers stored under kind/key, whether this call computed it).
+
+    `compute()` runs only when the entry is absent, under the node lock, so trials starting together
+    compute it once; the others wait and read it. Loaded with weights_only=True: no pickle.
+    """
+    computed = False
+
+    def build(folder: Path) -> None:
+        nonlocal computed
+        torch.save(compute(), folder / "entry.pt")
+        computed = True
+
+    folder = publish(cache_root() / kind / key, build)
+    return torch.load(folder / "entry.pt", weights_only=True), computed
 
 
 # --- listing and clearing ----------------------------------------------------------------------

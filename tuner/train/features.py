@@ -39,17 +39,28 @@ class FeatureExtractor:
     memory_format: torch.memory_format
     num_workers: int = 0
 
+    def bank_key(self, samples: Samples, policy: AugmentPolicy, views: int) -> str:
+        """The node-cache key of a bank: a hash of everything its features depend on."""
+        config = self.config
+        # The files, the decoding, the model and its exact weights (random init depends on the seed),
+        # the view transforms and the precision they ran in.
+        weights = {k: self.weights.get(k) for k in ("name", "sha256")}
+        return cache.key_of(cache.FEATURES_FORMAT, cache.file_identity([p for p, _ in samples]), config.image_cache,
+                            config.model, weights, config.seed if config.weights == "none" else None,
+                            config.image_size, policy.strength, views, str(self.amp_dtype), self.normalization)
+
     def bank(self, samples: Samples, policy: AugmentPolicy, views: int) -> cache.FeatureBank:
         """The node's bank of `views` views of `samples` augmented by `policy`, computed on first use."""
-        config = self.config
-        # Everything the features depend on: the files, the decoding, the model and its exact weights
-        # (random init depends on the seed), the view transforms and the precision they ran in.
-        weights = {k: self.weights.get(k) for k in ("name", "sha256")}
-        key = cache.key_of(cache.FEATURES_FORMAT, cache.file_identity([p for p, _ in samples]), config.image_cache,
-                           config.model, weights, config.seed if config.weights == "none" else None,
-                           config.image_size, policy.strength, views, str(self.amp_dtype), self.normalization)
         shape = (len(samples), views, self.model.fc.in_features)
-        return cache.feature_bank(key, shape, lambda array: self.fill(samples, policy, array))
+        return cache.feature_bank(self.bank_key(samples, policy, views), shape,
+                                  lambda array: self.fill(samples, policy, array))
+
+    def probe_key(self, samples: Samples, classes: int, l2: float | None, seed: int) -> str:
+        """The node-cache key of the probe fitted on probe_features(samples): their features' key, the
+        labels, and the probe's settings (the seed draws the cross-validation folds, so only with l2 None)."""
+        labels = [label for _, label in samples]
+        return cache.key_of(cache.PROBES_FORMAT, self.bank_key(samples, NO_AUGMENTATION, 1), labels, classes, l2,
+                            seed if l2 is None else None)
 
     @torch.no_grad()
     def fill(self, samples: Samples, policy: AugmentPolicy, array) -> None:
