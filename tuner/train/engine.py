@@ -31,7 +31,7 @@ from .folders import ImageSplits
 from .loading import crop_transforms, eval_loader, image_loader
 from .model import build_model, build_optimizer, normalization, param_groups, set_trained_depth, trained_stages
 from .precision import choose_compute
-from .probe import node_probe
+from .probe import probe_head
 from .trainer_state import best_payload, restore_trainer, trainer_state
 
 
@@ -318,20 +318,8 @@ class Trainer:
         return metrics
 
     def fit_probe_head(self) -> None:
-        """Fit the head to convergence on the frozen backbone's features of the training images (no
-        augmentation, one view), as a logistic regression, once per node and key: later trials read it
-        from the node cache (probe.node_probe). `self.probe` records how, and whether it was read."""
-        start = time.perf_counter()
-        samples, config, classes = self.train_samples, self.config, len(self.classes)
-        labels = torch.tensor([label for _, label in samples])
-        key = self.extractor.probe_key(samples, classes, config.probe_l2, config.seed)
-        fitted, computed = node_probe(key, lambda: self.extractor.probe_features(samples), labels, classes,
-                                      config.probe_l2, seed=config.seed)
-        with torch.no_grad():
-            self.model.fc.weight.copy_(fitted.weight)
-            self.model.fc.bias.copy_(fitted.bias)
-        self.probe = {"probe_l2": fitted.l2, "probe_cv_acc": fitted.cv_acc, "probe_cached": not computed,
-                      "probe_seconds": time.perf_counter() - start}
+        """Fit the head as a linear probe on the training images, once per node and key (probe.probe_head)."""
+        self.probe = probe_head(self.model.fc, self.extractor, self.train_samples, self.config, len(self.classes))
 
     def state_dict(self, include_best: bool = True) -> dict[str, Any]:
         """trainer_state.trainer_state: everything needed to continue this run exactly, lean."""

@@ -13,8 +13,10 @@ fits warm-start along the L2 path. A node fits it once per key (node_probe and c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +65,25 @@ def node_probe(key: str, features: Callable[[], torch.Tensor], labels: torch.Ten
 
     entry, fitted = cache.cached_tensors("probes", key, fit)
     return Probe(**entry), fitted
+
+
+def probe_head(head: torch.nn.Linear, extractor, samples, config, classes: int) -> dict[str, Any]:
+    """Fit `head` to convergence on the frozen backbone's features of `samples` (no augmentation, one view)
+    as a logistic regression, once per node and key: later trials read it from the node cache (node_probe).
+
+    `extractor` is the trainer's features.FeatureExtractor. Returns how the head was fitted: probe_l2,
+    probe_cv_acc, probe_cached (read from the cache, not fitted) and probe_seconds.
+    """
+    start = time.perf_counter()
+    labels = torch.tensor([label for _, label in samples])
+    key = extractor.probe_key(samples, classes, config.probe_l2, config.seed)
+    fitted, computed = node_probe(key, lambda: extractor.probe_features(samples), labels, classes,
+                                  config.probe_l2, seed=config.seed)
+    with torch.no_grad():
+        head.weight.copy_(fitted.weight)
+        head.bias.copy_(fitted.bias)
+    return {"probe_l2": fitted.l2, "probe_cv_acc": fitted.cv_acc, "probe_cached": not computed,
+            "probe_seconds": time.perf_counter() - start}
 
 
 def _fit(features: torch.Tensor, labels: torch.Tensor, classes: int, l2: float, start=None,
