@@ -34,7 +34,9 @@ def demo_root(tmp_path_factory):
 SEARCH_SPACE = """
 SETTINGS = {"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 32, "trials": 6,
             "max_steps": 15, "grace_period": 5, "reduction_factor": 2, "max_concurrent": 2,
-            "refit": "off"}  # best/ stays the search's own choice, which these tests check; test_refit.py refits
+            # best/ stays the search's own choice, which these tests check (test_refit.py refits), chosen by
+            # the within-noise rule, which test_search.py checks against runs/selection.py on this run
+            "refit": "off", "selection": "within_noise"}
 
 def space(trial):
     depth = trial.suggest_int("unfreeze_depth", 0, 2)

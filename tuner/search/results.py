@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,18 +121,21 @@ def choose_delivery(grid, settings, run_dir: Path | None = None) -> Delivery:
     """Which trial's best checkpoint the search delivers: the run setting `selection`'s rule.
 
     within_noise (runs/selection.py): the cheapest of the top trials indistinguishable from the best on
-    the validation images; highest: the best by the metric. Without per-image predictions (checkpoints
+    the validation images; highest: the best by the metric, compared all the same so that the summary and
+    the tables say which trials are within noise of it. Without per-image predictions (checkpoints
     from before they were saved) the highest, and the reason says why. `run_dir`'s val_predictions.npz
     holds the candidates of an earlier export, whose checkpoints may be gone; it is rewritten.
     """
     ranked = ranked_checkpoints(grid, settings.metric, settings.mode)
     highest = f"the highest {settings.metric}"
-    if settings.selection == "highest" or not ranked:
-        return Delivery(ranked, f"{highest} (selection: highest)", None)
+    if not ranked:
+        return Delivery(ranked, f"{highest} (selection: {settings.selection})", None)
     candidates = _candidates(ranked, settings, run_dir)
     if candidates is None:
         return Delivery(ranked, f"{highest}: the checkpoints hold no per-image predictions to compare", None)
     chosen = select(candidates)
+    if settings.selection == "highest":  # delivered as before; the comparisons still say who is within noise
+        return Delivery(ranked, f"{highest} (selection: highest)", replace(chosen, delivered=candidates[0].trial_id))
     first = next((pair for pair in ranked if pair[1].get("trial_id") == chosen.delivered), None)
     if first is None:  # its checkpoint is gone: deleted by hand after an earlier export
         return Delivery(ranked, f"{highest}: the checkpoint of trial {chosen.delivered} is gone", None)
