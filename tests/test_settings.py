@@ -74,6 +74,12 @@ def test_a_run_recorded_before_the_renames_still_reads():
     assert (settings.sampler_seed, settings.loader_workers) == (7, 2)
 
 
+def test_a_run_recorded_before_the_refit_resumes_without_one():
+    old = {k: v for k, v in asdict(RunSettings()).items() if k != "refit"}
+    assert recorded_settings(old, "runs/old").refit == "off"
+    assert recorded_settings(asdict(RunSettings()), "runs/new").refit == RunSettings().refit == "auto"
+
+
 @pytest.mark.parametrize("change, fragment", [
     ({"colour": "red"}, "has settings this tuner does not know (colour)"),
     ({"trials": 0}, "holds a bad setting: trials must be >= 1, but got 0"),

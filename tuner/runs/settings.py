@@ -213,9 +213,12 @@ def recorded_settings(values: dict[str, Any], source: str) -> RunSettings:
     """The settings a run recorded (RUN/tuner.json; `source` names it in errors), checked as a new search's.
 
     A run recorded before the renames holds seed and workers: they are read as sampler_seed and
-    loader_workers, without a note (the user need not change a run's record).
+    loader_workers, without a note (the user need not change a run's record). One recorded before the
+    refit has no `refit`: read as off, so its resume delivers what it delivered before.
     """
     values, _ = with_new_names(values)
+    # A run recorded before the refit existed ended with the search's own best/: resuming it keeps that.
+    values = {"refit": "off", **values}
     unknown = sorted(set(values) - {item.name for item in fields(RunSettings)})
     if unknown:
         raise UserError(f"{source} has settings this tuner does not know ({', '.join(unknown)}); resume it with "
