@@ -1,5 +1,6 @@
 """End-to-end searches on a real local Ray with Optuna and ASHA (small data, resnet18 at 32 px)."""
 
+import itertools
 import json
 import os
 import shutil
@@ -57,6 +58,10 @@ def test_asha_stops_weak_trials_early(finished):
     assert "stopped early by ASHA" in output
     epochs = pq.read_table(run / "epochs.parquet").to_pylist()
     assert len(epochs) == sum(row["budget_steps"] // 5 for row in trials)  # a report every 5 budget steps
+    assert "ASHA reduction 2 on each trial's best val_acc so far" in output
+    for trial_id in {e["trial_id"] for e in epochs}:  # what ASHA compares: the best round so far, not the last
+        rows = sorted((e for e in epochs if e["trial_id"] == trial_id), key=lambda e: e["budget_steps"])
+        assert [e["best_val_acc"] for e in rows] == list(itertools.accumulate((e["val_acc"] for e in rows), max))
 
 
 def test_budgets_are_steps_recorded_in_both_tables(finished):

@@ -27,20 +27,31 @@ def test_bare_name_means_the_shipped_file_and_paths_stay_paths(tmp_path):
     assert resolve_path(str(tmp_path / "x.py")) == tmp_path / "x.py"
 
 
-def test_finetune_suggests_stage_rates_only_for_unfrozen_stages():
+def test_finetune_draws_every_dimension_at_every_depth_and_its_portfolio_names_them_all():
     import optuna
 
     space = load_space("finetune")
-    function = space.define_by_run()
-    for depth in range(5):
-        trial = optuna.trial.FixedTrial({"unfreeze_depth": depth, "head_init": "probe", "lr_head": 1e-3,
-                                         "aug_strength": 0.3,
-                                         "weight_decay": 1e-4, "label_smoothing": 0.0, "mixup": 0.0,
-                                         "cutmix": 0.0, "random_erasing": 0.0, "ema_decay": 0.0,
-                                         **{f"lr_layer{i}": 1e-4 for i in range(1, 5)}})
-        function(trial)
-        rates = {k for k in trial.params if k.startswith("lr_layer")}
-        assert rates == {f"lr_layer{4 - i}" for i in range(depth)}
+    check_space(space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):  # the same dimensions whatever the depth: TPE models them jointly
+        trial = study.ask()
+        space.define_by_run()(trial)
+        assert set(trial.params) == set(space.searched)
+    assert len(space.start) >= 4
+    for point in space.start:
+        assert set(point) == set(space.searched), point
+
+
+def test_finetune_portfolio_holds_the_seed_recipe_and_gentle_lp_ft_with_batch_norm_frozen():
+    from tuner.train.config import SEED_RECIPE, make_config
+
+    rates = [make_config(point).stage_lrs() for point in load_space("finetune").start]
+    seed = {stage: SEED_RECIPE[f"lr_{stage}"] for stage in ("head", "layer4", "layer3")}
+    assert any({stage: pytest.approx(rate) for stage, rate in seed.items()} == {s: r[s] for s in seed} for r in rates)
+    points = load_space("finetune").start
+    gentle = [p for p in points if p["bn_mode"] == "frozen" and p["unfreeze_depth"] > 0 and p["head_init"] == "probe"]
+    assert {p["unfreeze_depth"] for p in gentle} == {2, 4}
+    assert all(len(set(make_config(p).stage_lrs().values())) == 1 for p in gentle)  # equal rates, head included
 
 
 def test_fixed_values_win_over_the_file():
@@ -66,6 +77,9 @@ def test_fixed_values_win_over_the_file():
         ("SETTINGS = {'seed': 1, 'sampler_seed': 2}\ndef space(trial):\n    pass\n",
          "both 'seed' and 'sampler_seed' are given"),
         ("START = [{'lr_head': -1.0}]\ndef space(trial):\n    pass\n", "START in"),
+        ("START = [{'lr_head': 0.01, 'lr_layer4': 0.001}]\ndef space(trial):\n"
+         "    trial.suggest_float('lr_head', 1e-4, 1e-1, log=True)\n",
+         "configuration 1 sets lr_layer4, which space(trial) does not suggest for it, so it would be ignored"),
         ("def space(trial):\n    trial.suggest_int('epochs', 1, 5)\n", "--max-epochs"),
         ("import no_such_module\ndef space(trial):\n    pass\n", "failed to import: ModuleNotFoundError"),
     ],

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from .trainable import train_trial
 from .warm_start import load_warm_start, seed_study
 
 DEMO_DATA_DIR = "demo-data"
+# START of this many configurations or more is a portfolio: TPE models the results from there on.
+PORTFOLIO = 3
 
 
 def settings_for(space: SearchSpace, flags: dict[str, Any]) -> RunSettings:
@@ -240,7 +243,7 @@ def _study_storage(run: str):
     return optuna.storages.RDBStorage(f"sqlite:///{path}")
 
 
-def _searcher(space: SearchSpace, settings: RunSettings, run: str, name: str, budget: SearchBudget):
+def study_searcher(space: SearchSpace, settings: RunSettings, run: str, name: str, budget: SearchBudget):
     """Optuna's TPE through Ray's OptunaSearch, its study stored in the run folder."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -302,12 +305,27 @@ def _searcher(space: SearchSpace, settings: RunSettings, run: str, name: str, bu
         metric=settings.metric,
         mode=settings.mode,
         points_to_evaluate=[{**point, **space.fixed} for point in space.start] or None,
-        # constant_liar: running trials count as bad guesses, so parallel trials don't all pick one spot.
-        sampler=optuna.samplers.TPESampler(seed=settings.sampler_seed, constant_liar=True,
-                                           n_startup_trials=max(2, min(10, settings.trials // 3))),
+        sampler=tpe_sampler(settings.sampler_seed, len(space.start), settings.trials),
         study_name=name,
         storage=_study_storage(run),
     )
+
+
+def startup_trials(start: int, trials: int) -> int:
+    """Trials before TPE models the results: a portfolio (START of 3 or more) is the whole start, with no
+    random draws after it; otherwise a third of the trials (2-10), START's points among them."""
+    return start if start >= PORTFOLIO else max(2, min(10, trials // 3))
+
+
+def tpe_sampler(seed: int, start: int, trials: int):
+    """TPE that learns from the first trials at once: the dimensions jointly (multivariate, grouped for
+    conditional spaces), running trials counted as bad guesses so parallel trials don't all pick one spot."""
+    import optuna
+
+    with warnings.catch_warnings():  # multivariate and group are marked experimental since Optuna 2.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True, group=True,
+                                          n_startup_trials=startup_trials(start, trials))
 
 
 def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]) -> Path:
@@ -348,9 +366,10 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
     if warm:
         print(warm.describe())
         seed_study(warm, _study_storage(run), name, "maximize" if settings.mode == "max" else "minimize")
-    searcher = _searcher(space, settings, run, name, budget)
+    searcher = study_searcher(space, settings, run, name, budget)
     printer = ProgressPrinter(settings.metric, settings.mode, budget.steps, settings.trials)
-    stopping = (f"ASHA reduction {settings.reduction_factor}" if settings.early_stopping else "no early stopping")
+    stopping = (f"ASHA reduction {settings.reduction_factor} on each trial's best {settings.metric} so far"
+                if settings.early_stopping else "no early stopping")
     print(f"search {name}: {settings.trials} trials of {space.name} on {settings.data} ({len(splits.train)} "
           f"training images), {settings.max_concurrent} at a time, {stopping}\n{budget.describe()}")
     if compute:
@@ -365,7 +384,9 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
             scheduler=scheduler,
             num_samples=settings.trials,
             time_budget_s=settings.time_budget,
-            metric=settings.metric,
+            # ASHA compares each trial's best round so far (trainable.best_so_far): a fine-tuning trial is not
+            # stopped in its dip below the probe head it started from. The searcher has its own metric.
+            metric=f"best_{settings.metric}",
             mode=settings.mode,
             trial_dirname_creator=_trial_dirname,
             # One worker process runs trial after trial (Ray's default starts a new one per trial,

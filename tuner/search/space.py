@@ -108,6 +108,7 @@ def check_space(space: SearchSpace) -> None:
         if name not in field_names():
             raise UserError(unknown_key_message(name))
     declared = _check_draws(space.define_by_run(), space.path)
+    _check_start_is_searched(space)
     space.searched = list(declared)
     space.distributions = [distribution_record(name, distribution) for name, distribution in declared.items()]
 
@@ -170,6 +171,22 @@ def _checked_start(module, path: Path) -> list[dict[str, Any]]:
         except UserError as err:
             raise UserError(f"START in {str(path)!r}: {err}") from None
     return [dict(point) for point in start]
+
+
+def _check_start_is_searched(space: SearchSpace) -> None:
+    """Every value of a START point must be one that space(trial) suggests for it: Optuna tries a point by
+    fixing the suggestions it makes, and would silently drop any other value."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for number, point in enumerate(space.start, 1):
+        study.enqueue_trial(point)
+        trial = study.ask()
+        space.define_by_run()(trial)
+        unused = [name for name in point if name not in trial.params]
+        if unused:
+            raise UserError(f"START in {str(space.path)!r}: configuration {number} sets {', '.join(unused)}, which "
+                            f"space(trial) does not suggest for it, so it would be ignored; suggest it in "
+                            f"space(trial) or fix it for every trial in SETTINGS")
+        study.tell(trial, 0.0)
 
 
 def _check_draws(function: DefineByRun, path: Path) -> dict[str, optuna.distributions.BaseDistribution]:

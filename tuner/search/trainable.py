@@ -85,7 +85,7 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: folders.I
                 tune.report({**extra, "epoch": err.epoch, "step": trainer.step,
                              "budget_steps": plan.budget_spent(trainer.step), "train_loss": err.loss,
                              "val_loss": nan, "val_acc": nan, "improved": False, "unfrozen_stages": trainer.depth,
-                             "diverged": True, "reported_at": time.time()})
+                             "diverged": True, "reported_at": time.time(), **best_so_far(trainer)})
                 return
             with tempfile.TemporaryDirectory() as folder:
                 # Lean: no copy of the best weights; Ray keeps the best-scoring checkpoint by the metric.
@@ -95,13 +95,24 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: folders.I
                 # Wall-clock times: the report's time axis, and the trial turnover bench/search.py measures.
                 times = {"first_step_at": trainer.first_step_at, "reported_at": time.time()}
                 spent = {"budget_steps": plan.budget_spent(trainer.step)}  # ASHA's time axis
-                tune.report({**metrics, **spent, **times, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
+                tune.report({**metrics, **spent, **times, **extra, **best_so_far(trainer)},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
     finally:
         # Ray reuses this worker process for the next trial: leave it nothing to hold on to.
         del trainer
         if device == "cuda":  # give the GPU memory back now; a full collection costs ~0.2 s, so only here
             gc.collect()
             torch.cuda.empty_cache()
+
+
+def best_so_far(trainer: Trainer) -> dict[str, float]:
+    """`best_<metric>`: the trial's best round so far, the probe's included, which ASHA compares (driver.py).
+
+    Fine-tuning from a probe head first falls below the probe, then climbs past it; judged on its last
+    round, such a trial would be stopped in that dip, though its best checkpoint is as good as any.
+    """
+    metric = trainer.config.metric
+    return {f"best_{metric}": trainer.best_metrics[metric] if trainer.best_metrics else math.nan}
 
 
 def save_predictions(predictions: ImagePredictions, path: Path) -> None:

@@ -57,7 +57,8 @@ class TrainConfig:
     # --- learning rates (per stage) ---
     lr_head: float = hyperparameter(  # the seed's head rate: a new layer needs the largest steps
         1e-3, "Learning rate of the new head.")
-    lr_layer4: float | None = hyperparameter(None, "Learning rate of layer4; None: the head's times `lr_decay`.")
+    lr_layer4: float | None = hyperparameter(
+        None, "Learning rate of layer4; None: the head's times `lr_backbone_ratio` (or `lr_decay`).")
     lr_layer3: float | None = hyperparameter(None, "Learning rate of layer3; None: layer4's times `lr_decay`.")
     lr_layer2: float | None = hyperparameter(None, "Learning rate of layer2; None: layer3's times `lr_decay`.")
     lr_layer1: float | None = hyperparameter(None, "Learning rate of layer1; None: layer2's times `lr_decay`.")
@@ -67,6 +68,10 @@ class TrainConfig:
     lr_decay: float | None = hyperparameter(
         None, "Factor from a stage's rate to the next stage down where no rate is given; None: 0.1 with "
               "pretrained weights, 1.0 with `weights=none`.")
+    # A search learns rates as a head rate and two ratios (a dozen trials can learn 3 numbers, not 5 free
+    # rates): the seed recipe is head 1e-3, ratio 0.1, decay 0.5; gentle LP-FT is 1e-4, 1.0, 1.0.
+    lr_backbone_ratio: float | None = hyperparameter(
+        None, "Factor from the head's rate to layer4's where `lr_layer4` is not given; None: `lr_decay`.")
     # --- optimizer and schedule ---
     optimizer: str = hyperparameter(  # with weight_decay 0 this is the seed's Adam
         "adamw", "The optimizer of every parameter group.")
@@ -154,7 +159,8 @@ class TrainConfig:
         above = self.lr_head
         for stage in reversed(STAGES):
             explicit = getattr(self, f"lr_{stage}")
-            above = explicit if explicit is not None else above * self.stage_decay()
+            ratio = self.lr_backbone_ratio if stage == "layer4" else None
+            above = explicit if explicit is not None else above * (ratio if ratio is not None else self.stage_decay())
             rates[stage] = above
         return rates
 
@@ -200,6 +206,7 @@ _RANGES = {
     "unfreeze_every": Bounds(0),
     "lr_head": _POSITIVE,
     "lr_decay": _POSITIVE,
+    "lr_backbone_ratio": _POSITIVE,
     "momentum": _BELOW_ONE,
     "weight_decay": _NON_NEGATIVE,
     "label_smoothing": _BELOW_ONE,
