@@ -22,6 +22,9 @@ variant selects on:
   search-no-asha  the same with --no-early-stopping: every trial runs its whole budget, so the first-rung
                   correlation is not cut short by ASHA's own stops (not run by default)
   search-40       the same as search with --trials 40 (not run by default)
+  curve           `tuner train` of the finetune portfolio's first prior (gentle LP-FT, depth 4) for
+                  --curve-steps, validated every epoch: the step where its val_acc peaks, which sizes the
+                  default budget (tuner/runs/budget.py); not run by default
 
 Seconds are wall-clock: whole commands for the searches (Ray's start, the probe, the refit and the export
 included). Every result goes to WORK/results-<time>.json as well. Run from the repository root on an idle
@@ -78,7 +81,7 @@ SOURCE = {"train_per_class": 600, "val_per_class": 50, "test_per_class": 0}
 # >= 100 test images a class: one image is 0.2 points of test_acc over the 5 classes, finer than the gaps judged.
 TARGET = {"val_per_class": 30, "test_per_class": 100}
 SEARCHES = {"search": [], "search-no-asha": ["--no-early-stopping"], "search-40": ["--trials", "40"]}
-VARIANTS = ("probe", "probe-trainval", "seed-features", "seed-finetune", *SEARCHES)
+VARIANTS = ("probe", "probe-trainval", "seed-features", "seed-finetune", *SEARCHES, "curve")
 DEFAULT_VARIANTS = ("probe", "probe-trainval", "seed-features", "seed-finetune", "search")
 SEED_RECIPES = ("seed-features", "seed-finetune")
 # The probes' C is picked by accuracy, today's default, named so scikit-learn 1.11's log-loss default cannot move it.
@@ -291,6 +294,23 @@ def spearman(pairs: list[tuple[float, float]]) -> float | None:
     return rho if math.isfinite(rho) else None
 
 
+def run_curve(weights: Path, target: Path, runs: Path, name: str, steps: int) -> dict:
+    """`tuner train` of the portfolio's first prior (gentle LP-FT, depth 4) for `steps`, validated every
+    epoch: where fine-tuning peaks, which sizes the default budget (tuner/runs/budget.py)."""
+    from tuner.search.spaces.finetune import START
+
+    out = runs / name
+    settings = {**START[0], "model": "resnet50", "weights": weights, "image_size": IMAGE_SIZE, "steps": steps}
+    start = time.perf_counter()
+    subprocess.run(tuner_command("train", "--data", str(target), "--out", str(out), settings=settings),
+                   check=True, capture_output=True, text=True)
+    epochs = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines() if line.strip()]
+    best = max(epochs, key=lambda e: (e["val_acc"], -e["step"]))
+    return {"val_acc": best["val_acc"], "test_acc": best_metrics(out).get("test_acc"),
+            "seconds": time.perf_counter() - start, "peak_step": best["step"],
+            "curve": [(e["step"], e["val_acc"]) for e in epochs]}
+
+
 # --- output ------------------------------------------------------------------------------------
 
 
@@ -310,6 +330,8 @@ def result_line(result: dict) -> str:
     line = (f"{result['n']:>4} a class  seed {result['seed']}  {result['variant']:<15} test_acc "
             f"{fmt(result['test_acc'], '.3f')}  val_acc {fmt(result['val_acc'], '.3f')} (selection)  "
             f"{result['seconds']:6.0f} s")
+    if "peak_step" in result:
+        line += f"  | val_acc peaks at step {result['peak_step']} of {result['curve'][-1][0]}"
     if "budget" in result:
         line += (f"  | choice's test_acc {fmt(result['choice_test_acc'], '.3f')}, refit "
                  f"{'on' if result['refit'] else 'off'}, {result['trials']} trials, budget {result['budget']} "
@@ -388,6 +410,9 @@ def run_variant(variant: str, weights: Path, target: Path, n: int, seed: int, ar
     if variant in SEARCHES:
         name = f"{variant}-{n}-seed{seed}-{time.strftime('%H%M%S')}"
         return run_search(weights, target, args.work / "runs", name, SEARCHES[variant], args.trials, seed)
+    if variant == "curve":
+        return run_curve(weights, target, args.work / "runs", f"curve-{n}-seed{seed}-{time.strftime('%H%M%S')}",
+                         args.curve_steps)
     splits = load_splits(target)
     if variant == "probe":
         return run_probe(weights, splits)
@@ -409,6 +434,7 @@ def main() -> None:
                         help="what to run on each target (the docstring says what each is)")
     parser.add_argument("--trials", type=int, default=12, help="trials of a search (search-40: 40)")
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the seed recipes")
+    parser.add_argument("--curve-steps", type=int, default=600, help="optimizer steps of the curve variant")
     args = parser.parse_args()
 
     header = header_lines()

@@ -3,12 +3,13 @@
 import pytest
 from ray.tune.schedulers import ASHAScheduler
 
-from tuner.runs.budget import MAX_PASSES, ROUNDS, SearchBudget, asha_rungs, default_steps, search_budget
+from tuner.runs.budget import MAX_PASSES, MIN_STEPS, ROUNDS, SearchBudget, asha_rungs, default_steps, search_budget
 
 
 @pytest.mark.parametrize(("images", "batch", "steps"), [
-    (50, 32, MAX_PASSES * 2),  # 2 steps an epoch: 30 passes, far under BiT's 500
-    (100, 32, MAX_PASSES * 4),
+    (50, 32, MIN_STEPS),  # 2 steps an epoch: 30 passes (60 steps) would stop before fine-tuning peaks
+    (100, 32, MIN_STEPS),
+    (200, 32, MAX_PASSES * 7),  # 7 steps an epoch: 30 passes are 210 steps, over the floor
     (250, 32, MAX_PASSES * 8),
     (640, 32, 500),  # 20 steps an epoch: 30 passes would be 600, over BiT's tier
     (19_999, 32, 500),
@@ -17,14 +18,14 @@ from tuner.runs.budget import MAX_PASSES, ROUNDS, SearchBudget, asha_rungs, defa
     (500_000, 32, 20_000),
     (1_281_167, 256, 20_000),  # ImageNet-1k
 ])
-def test_the_default_budget_is_bits_tier_capped_at_thirty_passes(images, batch, steps):
+def test_the_default_budget_is_bits_tier_capped_at_thirty_passes_and_never_under_the_floor(images, batch, steps):
     assert default_steps(images, batch)[0] == steps
 
 
 def test_search_budget_by_data_by_steps_and_by_epochs():
     by_data = search_budget(100, 32)
-    assert (by_data.steps, by_data.round_steps, by_data.grace_steps) == (120, 120 // ROUNDS, 120 // ROUNDS)
-    assert "100 training images" in by_data.reason
+    assert (by_data.steps, by_data.round_steps, by_data.grace_steps) == (200, 200 // ROUNDS, 200 // ROUNDS)
+    assert by_data.reason == "100 training images: at least 200 steps (30 epochs of batch 32 would be 120)"
     by_steps = search_budget(100, 32, max_steps=300, grace_period=50)
     assert (by_steps.steps, by_steps.round_steps, by_steps.grace_steps) == (300, 50, 50)  # a report every rung
     # --max-epochs keeps its meaning: N epochs of the (fixed) batch size, one report an epoch.

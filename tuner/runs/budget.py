@@ -21,8 +21,11 @@ from ..train.plan import steps_per_epoch
 BIT_TIERS = ((20_000, 500), (500_000, 10_000), (None, 20_000))
 # BiT counts steps of batch 512; at our batch of 32, 500 steps would be 160 passes over a 100-image
 # folder. Past about 30 passes a small folder is memorised, not learnt better, so small data is capped
-# there (bench/transfer.py measures the curve).
+# there, but never below MIN_STEPS: gentle fine-tuning (the finetune portfolio's first prior) was still
+# climbing after 120 steps on 100 images (issue 19's held-out task peaked near step 170), and on 50 images
+# its val_acc at 60-200 steps sat 3-5 points under its later plateau (bench/transfer.py --variants curve).
 MAX_PASSES = 30
+MIN_STEPS = 200
 ROUNDS = 9  # reports of a trial that runs its whole budget: ASHA's rungs fall on them (rf 3: 1, 3, 9)
 
 
@@ -44,9 +47,12 @@ class SearchBudget:
 
 
 def default_steps(train_images: int, batch_size: int) -> tuple[int, str]:
-    """The budget sized by the dataset: BiT's tier, at most MAX_PASSES epochs; and why."""
+    """The budget sized by the dataset: BiT's tier, at most MAX_PASSES epochs but at least MIN_STEPS; and why."""
     tier = next(steps for bound, steps in BIT_TIERS if bound is None or train_images < bound)
     passes = MAX_PASSES * steps_per_epoch(train_images, batch_size)
+    if passes < MIN_STEPS:
+        return MIN_STEPS, (f"{train_images} training images: at least {MIN_STEPS} steps ({MAX_PASSES} epochs of "
+                           f"batch {batch_size} would be {passes})")
     if passes < tier:
         return passes, f"{train_images} training images: {MAX_PASSES} epochs of batch {batch_size}, under BiT's {tier}"
     return tier, f"{train_images} training images: BiT's tier"
