@@ -329,14 +329,22 @@ def test_search_into_unwritable_storage_is_a_one_line_error_and_earlier_runs_sta
 
 
 @pytest.mark.slow
-def test_resuming_a_finished_search_with_an_errored_trial_restarts_it(faulted, tmp_path):
-    """Ray restarts an errored trial under an id the Optuna study never suggested; the resume must not fail."""
+def test_resuming_a_search_with_errored_trials_continues_them_from_their_checkpoints(faulted, tmp_path):
+    """`tuner resume` goes on with each errored trial from its last checkpoint, under its own id (the faults
+    have fired their times: the trials run clean now), and the study agrees with the table again."""
     run, trials, _ = faulted
     copy = tmp_path / "faults"
     shutil.copytree(run, copy)
     result = subprocess.run(tuner_command("resume", str(copy)), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rows = pq.read_table(copy / "trials.parquet").to_pylist()
-    kept = {row["trial_id"] for row in trials.values() if row["status"] != "errored"}
-    assert {row["trial_id"] for row in rows} >= kept
+    rows = {row["trial_id"]: row for row in pq.read_table(copy / "trials.parquet").to_pylist()}
+    assert set(rows) == {row["trial_id"] for row in trials.values()}  # no trial under a new id
+    assert len(list(copy.glob("trial_*"))) == len(rows)
+    for row in trials.values():
+        if row["status"] == "errored":
+            assert rows[row["trial_id"]]["status"] == "completed"
+            epochs = [r["epoch"] for r in reported(copy, row)]
+            assert epochs[-1] == 3 and epochs.count(1) == 1  # went on from a checkpoint: epoch 1 ran once
+    assert "optuna.db agrees with trials.parquet" in subprocess.run(
+        tuner_command("report", str(copy)), capture_output=True, text=True, timeout=300).stdout
     assert (copy / "best" / "model.pt").is_file()

@@ -344,9 +344,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"tuner {args.command}: error: {err}; check the path and its permissions", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        code = getattr(err, "exit_code", None)  # search.interrupts.Interrupted has said what to do next
+        if code is None:
+            print("interrupted", file=sys.stderr)
+        return code or 130
 
 
 if __name__ == "__main__":

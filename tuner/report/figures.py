@@ -19,9 +19,10 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 # One colour per trial outcome, the same in every figure.
 STATUS_COLORS = {"completed": "tab:blue", "stopped_early": "tab:orange", "diverged": "tab:purple",
-                 "errored": "tab:red", "running": "tab:green"}
+                 "errored": "tab:red", "interrupted": "tab:brown", "running": "tab:green"}
 STATUS_LABELS = {"completed": "completed", "stopped_early": "stopped early by ASHA",
-                 "diverged": "diverged (NaN/inf loss)", "errored": "errored", "running": "running"}
+                 "diverged": "diverged (NaN/inf loss)", "errored": "errored",
+                 "interrupted": "interrupted (tuner resume goes on)", "running": "running"}
 _OTHER_COLOR = "tab:gray"  # a status this module does not know (a newer run's)
 
 

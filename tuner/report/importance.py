@@ -57,9 +57,9 @@ def _importances(run: RunData, study, source: str) -> Importance:
     return Importance(dict(values), source, " ".join(caveats))
 
 
-def _stored_study(run: RunData, snapshot: Path):
+def read_study(run: RunData, snapshot: Path):
     """The search's own study, read from a `snapshot` of RUN/optuna.db (the run's file is never opened
-    for writing); (None, why) when it is missing or not yet useful."""
+    for writing); (None, why) when it is missing or unreadable."""
     import optuna
 
     db = run.fetch(STUDY_FILE)
@@ -69,9 +69,18 @@ def _stored_study(run: RunData, snapshot: Path):
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as reader, \
                 closing(sqlite3.connect(snapshot)) as copy:
             reader.backup(copy)  # a consistent copy even while the search writes to the file
-        study = optuna.load_study(study_name=None, storage=f"sqlite:///{snapshot}")
+        return optuna.load_study(study_name=None, storage=f"sqlite:///{snapshot}"), None
     except Exception as err:  # several studies, an old schema, a corrupt file: use the table instead
         return None, f"RUN/optuna.db could not be read ({first_line(err)[:120]})"
+
+
+def _stored_study(run: RunData, snapshot: Path):
+    """The search's own study (read_study), or (None, why) when it is missing or not yet useful."""
+    import optuna
+
+    study, why = read_study(run, snapshot)
+    if study is None:
+        return None, why
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(completed) < 2 or not _varied_params(completed):
         return None, f"RUN/optuna.db has {len(completed)} completed trial(s), too few or none that differ"

@@ -26,6 +26,7 @@ from . import figures
 from .analysis import NotAvailable, best_model_analysis
 from .importance import param_importances
 from .run import RunData, counts, delivered, open_run, problems, ranked, weights_text, within_noise
+from .study_check import agreement_line
 
 
 def report_folder(run: str) -> Path:
@@ -69,9 +70,10 @@ def summary_lines(run: str | RunData, html_path: Path | None = None) -> list[str
             return summary_lines(data, html_path)
     c, best = counts(run), ranked(run)
     diverged = f"{c['diverged']} diverged, " if c["diverged"] else ""
+    interrupted = f"{c['interrupted']} interrupted, " if c["interrupted"] else ""
     lines = [
         f"{run.name}: {len(run.trials)} trials: {c['completed']} completed, {c['stopped_early']} stopped early "
-        f"by ASHA, {diverged}{c['errored']} errored, {c['running']} running; {len(run.epochs)} reports"
+        f"by ASHA, {diverged}{c['errored']} errored, {interrupted}{c['running']} running; {len(run.epochs)} reports"
         + ("" if run.finished else " (search not finished: read from the trials' result.json files)"),
         (f"best: trial {best[0]['number']} ({best[0]['trial_id']}) {run.metric} {best[0][run.metric]:.4f} "
          f"at epoch {best[0]['best_epoch']}" if best else "best: no trial has reported a result yet"),
@@ -80,6 +82,12 @@ def summary_lines(run: str | RunData, html_path: Path | None = None) -> list[str
     chosen = delivered(run)
     if chosen:
         lines.insert(2, f"delivered: trial {_number(run, chosen[0])} ({chosen[0]}): {chosen[1]}")
+    if c["interrupted"]:
+        lines.append(f"interrupted: `tuner resume {run.location}` continues {c['interrupted']} unfinished trials "
+                     f"from their checkpoints")
+    agreement = agreement_line(run)
+    if agreement:
+        lines.append(agreement)
     if html_path is not None:
         lines.append(f"report: {html_path}")
     return lines

@@ -15,8 +15,9 @@ from ..train.config import field_names, is_better
 from .budget import ran_whole_budget
 
 # A trial's status in trials.parquet (stopped_early: by ASHA or the time budget; diverged: a NaN/inf loss;
+# interrupted: the search was stopped (Ctrl-C, SIGTERM) before the trial ended, `tuner resume` continues it;
 # running: a search still going has trials without an outcome yet).
-STATUSES = ("completed", "stopped_early", "diverged", "errored", "running")
+STATUSES = ("completed", "stopped_early", "diverged", "errored", "interrupted", "running")
 
 # trials.parquet, one row per trial; every hyperparameter follows as its own column (hyperparameter_columns).
 TRIAL_COLUMNS = ("trial_id", "status", "epochs_run", "steps", "budget_steps", "stopped_early", "best_epoch",
@@ -54,6 +55,21 @@ def trial_status(last: Mapping[str, Any], budget_steps: int, *, failed: bool, en
     if spent_whole_budget(last, budget_steps):
         return "completed"
     return "stopped_early" if ended else "running"
+
+
+def optuna_state(status: str, value: Any, stopped_as_complete: bool = False) -> str | None:
+    """The Optuna TrialState (its name) a trial that ended with `status` and best value `value` is told as:
+    COMPLETE with the value when it ran its whole budget (or diverged after a result: its best round before
+    the NaN, as its row has it), PRUNED when ASHA or the time budget stopped it (COMPLETE with
+    `stopped_as_complete`), FAIL when it errored or never had a result. None while it has not ended
+    (interrupted, running): the study keeps it RUNNING, for resume to continue."""
+    if status in ("interrupted", "running"):
+        return None
+    if status == "errored" or not has_result(value):
+        return "FAIL"
+    if status == "stopped_early" and not stopped_as_complete:
+        return "PRUNED"
+    return "COMPLETE"
 
 
 def best_report(reports: Iterable[Mapping[str, Any]], metric: str, mode: str) -> Mapping[str, Any] | None:

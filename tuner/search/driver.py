@@ -8,11 +8,10 @@ what a report needs: each searched hyperparameter's distribution and ASHA's rung
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import asdict, fields
@@ -22,18 +21,19 @@ from typing import Any
 import torch
 
 from ..errors import UserError, first_line
+from ..internals import listen_on_loopback_only, restored_tune_config, restoring_search
 from ..runs.budget import SearchBudget
-from ..runs.outcomes import has_result, trial_status
 from ..runs.run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, read_run_record
 from ..runs.settings import RunSettings, recorded_settings
 from ..runs.storage import exists, is_uri, local_data, run_location, staged
 from ..train import folders
-from ..train.cache import cache_root
 from ..train.checkpoint import save_json
-from ..train.config import field_names, is_better, make_config
+from ..train.config import field_names, make_config
 from ..train.model import build_model, imagenet_cache_path
 from ..train.precision import ComputeChoice, choose_compute
+from .interrupts import Interrupted, Interrupts
 from .space import SearchSpace, check_space, load_space
+from .study import StudySearcher, agree_with_table, direction, ended_trials, study_path, study_storage
 from .trainable import train_trial
 from .warm_start import load_warm_start, seed_study
 
@@ -149,7 +149,7 @@ def _init_ray(address: str | None) -> None:
         return
     kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
     if not address:
-        _listen_on_loopback_only()
+        listen_on_loopback_only()
         # "local": always a new Ray of our own, never a cluster that `ray start` left running on this machine.
         ray.init(address="local", include_dashboard=False, **kwargs)  # a local Ray needs no dashboard
         return
@@ -158,20 +158,6 @@ def _init_ray(address: str | None) -> None:
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise UserError(f"cannot join the Ray cluster at --address {address!r} ({first_line(err)[:200]}); "
                         f"check the address, or leave --address out for a local Ray") from None
-
-
-def _listen_on_loopback_only() -> None:
-    """Make the local Ray that ray.init starts listen on 127.0.0.1 only, not on every interface.
-
-    Ray binds its gRPC servers (GCS, raylet, workers, object manager) to the loopback interface when the
-    node's IP is the loopback one, which it picks when "clusters" are off: its default on macOS and
-    Windows, set here by the variable its child processes read and by the constant this process read
-    when Ray was imported. A cluster run (--address) never comes here.
-    """
-    from ray._private import ray_constants
-
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _check_resources(settings: RunSettings) -> None:
@@ -227,88 +213,17 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def study_path(run: str) -> Path:
-    """Where the run's Optuna study lives while it runs: RUN/optuna.db, or for a run at a URI a node-local
-    file that export_results copies into the run folder (SQLite needs a local file)."""
-    if not is_uri(run):
-        return Path(run) / STUDY_FILE
-    return cache_root() / "studies" / hashlib.sha256(run.encode()).hexdigest()[:16] / STUDY_FILE
-
-
-def _study_storage(run: str):
+def study_searcher(space: SearchSpace, settings: RunSettings, run: str, name: str,
+                   budget: SearchBudget) -> StudySearcher:
+    """Optuna's TPE over the run's study (study.py): START first and in order, then the sampler."""
     import optuna
-
-    path = study_path(run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(f"sqlite:///{path}")
-
-
-def study_searcher(space: SearchSpace, settings: RunSettings, run: str, name: str, budget: SearchBudget):
-    """Optuna's TPE through Ray's OptunaSearch, its study stored in the run folder."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    class RunStudySearch(OptunaSearch):
-        """OptunaSearch whose study tells Optuna what ASHA did and matches trials.parquet.
-
-        Each Optuna trial is tagged with its Ray trial_id and gets the metric of every round as an
-        intermediate value at its budget step. A trial that ran its whole budget is COMPLETE with its
-        best round's value (Ray would tell the last one); one that ASHA (or the time budget) stopped is
-        PRUNED, so TPE ranks it by how far it got instead of taking a one-rung score for a full trial's.
-        """
-
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            # Kept in the searcher's saved state (its __dict__), for resume.
-            self._best_values: dict[str, float] = {}
-            self._reported_steps: dict[str, set[int]] = {}
-
-        def suggest(self, trial_id: str):
-            suggestion = super().suggest(trial_id)
-            if trial_id in self._ot_trials:
-                self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
-            return suggestion
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id not in self._completed_trials and trial_id in self._ot_trials:
-                self._observe(trial_id, result)
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if trial_id not in self._ot_trials:
-                # An errored trial that a resume restarts (restart_errored) comes back under a new id that this
-                # study never suggested: there is no Optuna trial to tell, and its row still reaches the tables.
-                return
-            if result and trial_id not in self._completed_trials:
-                self._observe(trial_id, result)  # the round Ray stops a trial at never reaches on_trial_result
-            if result and trial_id in self._best_values:
-                result = {**result, self.metric: self._best_values[trial_id]}
-            stopped_early = result and trial_status(result, budget.steps, failed=error, ended=True) == "stopped_early"
-            if stopped_early and not settings.stopped_as_complete:
-                result = {k: v for k, v in result.items() if k != self.metric}  # OptunaSearch tells PRUNED
-            super().on_trial_complete(trial_id, result, error)
-
-        def _observe(self, trial_id: str, result: dict) -> None:
-            """One round: an intermediate value at its budget step, and the trial's best so far."""
-            value, step = result.get(self.metric), result.get("budget_steps")
-            if not has_result(value) or step is None:
-                return  # a diverged round's NaN is no intermediate value
-            reported = self._reported_steps.setdefault(trial_id, set())
-            if int(step) not in reported:  # a round trained again after a resume reports its step again
-                self._ot_trials[trial_id].report(value, int(step))
-                reported.add(int(step))
-            if is_better(self.mode, value, self._best_values.get(trial_id)):
-                self._best_values[trial_id] = value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return RunStudySearch(
-        space=space.define_by_run(),
-        metric=settings.metric,
-        mode=settings.mode,
-        points_to_evaluate=[{**point, **space.fixed} for point in space.start] or None,
-        sampler=tpe_sampler(settings.sampler_seed, len(space.start), settings.trials),
-        study_name=name,
-        storage=_study_storage(run),
-    )
+    return StudySearcher(space.define_by_run(), metric=settings.metric, mode=settings.mode,
+                         start=[{**point, **space.fixed} for point in space.start],
+                         sampler=tpe_sampler(settings.sampler_seed, len(space.start), settings.trials),
+                         study_name=name, run=run, budget_steps=budget.steps,
+                         stopped_as_complete=settings.stopped_as_complete)
 
 
 def startup_trials(start: int, trials: int) -> int:
@@ -363,9 +278,11 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
                    "searched": space.searched, "distributions": space.distributions,
                    "weights_choice": weights_choice, "budget": budget.to_dict(), "rungs": settings.asha_rungs(budget),
                    "compute": compute.to_dict() if compute else None}, folder / RUN_RECORD)
+    if is_uri(run):  # a node's cached study of an earlier run at this URI is no part of this one
+        study_path(run).unlink(missing_ok=True)
     if warm:
         print(warm.describe())
-        seed_study(warm, _study_storage(run), name, "maximize" if settings.mode == "max" else "minimize")
+        seed_study(warm, study_storage(run), name, direction(settings.mode))
     searcher = study_searcher(space, settings, run, name, budget)
     printer = ProgressPrinter(settings.metric, settings.mode, budget.steps, settings.trials)
     stopping = (f"ASHA reduction {settings.reduction_factor} on each trial's best {settings.metric} so far"
@@ -396,18 +313,20 @@ def run_search(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any])
         ),
         run_config=_run_config(settings, name, printer, tracking),
     )
-    grid = tuner.fit()
-    _export(grid, run, settings, space.searched, splits, budget)
+    _fit_and_export(tuner, run, settings, space.searched, splits, budget)
     return run
 
 
 def resume_search(run: str, more_trials: int | None = None) -> str:
-    """Continue an interrupted search: unfinished trials from their checkpoints, errored ones restarted;
-    `more_trials` adds that many new trials (to a finished search too), finished trials never run again.
+    """Continue an interrupted search: unfinished and errored trials from their checkpoints; `more_trials`
+    adds that many new trials (to a finished search too), finished trials never run again.
 
     Ray restores the searcher, whose define-by-run function reloads the space file from the path the
-    user named when starting the search (never a copy in the run folder). RUN/tuner.json's `trials` is
-    the search's total: --trials N raises it by N once Ray has restored the search.
+    user named when starting the search (never a copy in the run folder), and whose study is reopened where
+    the run is now (moved, copied, or at a URI on another head node). RUN/tuner.json's `trials` is the
+    search's total: --trials N raises it by N once Ray has restored the search, inside fit(), and the record
+    says so when fit() is over (a refused restore adds nothing; a resume killed before its export leaves the
+    raised total in Ray's state, and the next resume records it).
     """
     from ray import tune
 
@@ -425,78 +344,61 @@ def resume_search(run: str, more_trials: int | None = None) -> str:
     extending = f", {more_trials} of them new" if more_trials else ""
     print(f"resuming {run} ({Path(record['space']).stem}, {settings.trials} trials{extending})")
     tuner = tune.Tuner.restore(run, trainable=_trainable(settings, splits, budget),
-                               resume_unfinished=True, restart_errored=True)
-    _restore_to_record(tuner, run, settings.trials)
-    if more_trials:  # recorded once nothing can refuse the resume any more: a retry must not add N again
-        with staged(run) as folder:
-            save_json({**record, "settings": {**record["settings"], "trials": settings.trials}}, folder / RUN_RECORD)
-    grid = tuner.fit()
-    _export(grid, run, settings, record["searched"], splits, budget)
-    return run
+                               resume_unfinished=True, resume_errored=True)
 
+    total = {}
 
-def _restore_to_record(tuner, run: str, trials: int) -> None:
-    """Have the restored search run `trials` trials in all, its study in RUN/optuna.db.
+    def restored(searcher: StudySearcher, trials: int) -> None:
+        searcher.run = run  # where the run is now; its study opens there
+        total["trials"] = trials
 
-    Ray restores a search's trial count with its state and offers no way to raise it (a resumed run
-    continues what was running), so the restored search algorithm is wrapped in a SearchGenerator that
-    raises the count as Ray restores it; that reaches into the restored Tuner's TuneConfig (private).
-    Ray never pickles the wrapper (the run's saved state holds its counts), so it may be a local class.
-    A copied or moved run gets its new trials and its study in its own folder, not where it started.
-    """
-    from ray.tune.search import SearchGenerator
-
-    class RecordedTotal(SearchGenerator):
-        def set_state(self, state: dict) -> None:
-            super().set_state(state)
-            if trials > self._total_samples:  # a search that ran all its trials is `finished`: it goes on
-                self._total_samples, self._finished = trials, False
-            storage = self._experiment.spec.get("storage")
-            if storage is not None and not is_uri(run):  # new trials go to RUN, moved or not, as Ray's
-                storage = copy.copy(storage)              # restore does for the trials it restores
-                storage.storage_fs_path, storage.experiment_dir_name = str(Path(run).parent), Path(run).name
-                self._experiment.spec["storage"] = storage
-
-        def restore_from_dir(self, dirpath: str) -> None:
-            super().restore_from_dir(dirpath)
-            base = self.searcher
-            while hasattr(base, "searcher"):  # ConcurrencyLimiter -> RunStudySearch
-                base = base.searcher
-            _reopen_study(base, run)
-
-    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    config = restored_tune_config(tuner)
     if config is None:
         raise UserError(f"this Ray restores searches in a way tuner does not know; resume {run!r} with the Ray "
                         f"version tuner's pyproject names")
-    searcher = config.search_alg
-    config.search_alg = RecordedTotal(searcher.searcher if isinstance(searcher, SearchGenerator) else searcher)
+    config.search_alg = restoring_search(config.search_alg, restored, trials=settings.trials,
+                                         run=None if is_uri(run) else run)
+    try:
+        _fit_and_export(tuner, run, settings, record["searched"], splits, budget)
+    finally:  # the total Ray restored and raised, once fit() is over (Ray uploads its copy of the run until then)
+        if total.get("trials", record["settings"]["trials"]) != record["settings"]["trials"]:
+            with staged(run) as folder:
+                save_json({**record, "settings": {**record["settings"], "trials": total["trials"]}},
+                          folder / RUN_RECORD)
+    return run
 
 
-def _reopen_study(searcher, run: str) -> None:
-    """Point an OptunaSearch's study and its trials at RUN/optuna.db: the searcher Ray saved names the
-    absolute path the run had when it started, which a copied or moved run folder no longer has."""
-    import optuna
-
-    if is_uri(run):  # its study is a node-local file keyed by the URI, not by a folder that can move
-        return
-    old = searcher._ot_study
-    study = optuna.load_study(study_name=old.study_name, storage=_study_storage(run), sampler=old.sampler,
-                              pruner=old.pruner)
-    searcher._ot_study = study
-    for trial in searcher._ot_trials.values():
-        trial.study, trial.storage = study, study._storage
+def _fit_and_export(tuner, run: str, settings: RunSettings, searched: list[str], splits: folders.ImageSplits,
+                    budget: SearchBudget) -> None:
+    """Run the search and export what it made. A first SIGINT or SIGTERM while trials run stops it gracefully
+    (the export then keeps every unfinished trial's checkpoints) and raises Interrupted after the export; a
+    second, or one during the export, raises it at once. Either way `tuner resume RUN` goes on."""
+    with Interrupts() as interrupts:
+        try:
+            grid = interrupts.fit(tuner)
+            _export(grid, run, settings, searched, splits, budget, interrupts.signal)
+        except KeyboardInterrupt:
+            print(f"\nstopped at once by {interrupts.signal or 'Ctrl-C'}: `tuner resume {run}` continues the "
+                  f"unfinished trials from their last checkpoints", file=sys.stderr, flush=True)
+            raise
+    if interrupts.signal:
+        raise Interrupted(interrupts.signal)
 
 
 def _export(grid, run: str, settings: RunSettings, searched: list[str], splits: folders.ImageSplits,
-            budget: SearchBudget) -> None:
+            budget: SearchBudget, interrupted: str | None) -> None:
     """The tables, best/ (refit on train+val when settings.refit says so) and (for a run at a URI) the study
-    into the run folder."""
+    into the run folder. `interrupted` names the signal that stopped the search (None: it ended): its
+    unfinished trials are `interrupted` and keep their checkpoints, and the study is told nothing more."""
     from .refit import refit_best
     from .results import export_results
 
+    ended = None if interrupted is None else ended_trials(run)
     with staged(run) as folder:
-        export_results(grid, folder, settings, searched, splits, budget, location=run)
-        line = refit_best(folder, settings, splits)  # before MLflow logs best/: the model the user gets
+        rows = export_results(grid, folder, settings, searched, splits, budget, location=run, ended=ended)
+        agree_with_table(run, rows, settings.metric, settings.stopped_as_complete, ended=interrupted is None)
+        # Before MLflow logs best/: the model the user gets. Not after an interruption: the user asked to stop.
+        line = refit_best(folder, settings, splits) if interrupted is None else None
         if line:
             print(line)
         if is_uri(run):
@@ -507,3 +409,6 @@ def _export(grid, run: str, settings: RunSettings, searched: list[str], splits: 
             line = log_best_model(settings.mlflow, run.rstrip("/").rsplit("/", 1)[-1], folder / "best")
             if line:
                 print(line)
+    if interrupted:
+        print(f"interrupted by {interrupted}: `tuner resume {run}` continues the unfinished trials from their "
+              f"checkpoints", flush=True)

@@ -28,10 +28,13 @@ from ..train.model import full_model_state
 from .trainable import load_predictions, load_trainer_state
 
 
-def trial_status(result, budget: SearchBudget) -> str:
-    """completed, stopped_early (by ASHA or the time budget), diverged (NaN/inf loss) or errored."""
+def trial_status(result, budget: SearchBudget, ended: bool = True) -> str:
+    """completed, stopped_early (by ASHA or the time budget), diverged (NaN/inf loss), errored, or (`ended`
+    False: the search was interrupted before the trial ended) interrupted."""
     # Ray sets a finished trial's error only when it gave up on it (its final state is ERROR).
-    return outcomes.trial_status(result.metrics or {}, budget.steps, failed=result.error is not None, ended=True)
+    status = outcomes.trial_status(result.metrics or {}, budget.steps, failed=result.error is not None,
+                                   ended=ended)
+    return "interrupted" if status == "running" else status
 
 
 def trial_error(result) -> str | None:
@@ -65,15 +68,21 @@ def history(result) -> list[dict[str, Any]]:
     return sorted(by_epoch.values(), key=lambda row: row.get("epoch") or 0)
 
 
-def trial_rows(grid, settings, searched: list[str], budget: SearchBudget) -> list[dict[str, Any]]:
-    """One row per trial (outcomes.trial_row), with every hyperparameter any trial has (null where not)."""
+def trial_rows(grid, settings, searched: list[str], budget: SearchBudget,
+               ended: set[str] | None = None) -> list[dict[str, Any]]:
+    """One row per trial (outcomes.trial_row), with every hyperparameter any trial has (null where not).
+
+    `ended`: the trials that ended in a search that was interrupted (None: the search ended, and every trial
+    with it); the others are `interrupted`.
+    """
     hyperparameters = outcomes.hyperparameter_columns(dict.fromkeys(
         [*searched, *sorted(k for r in grid for k in (r.config or {}))]))
     rows = []
     for result in grid:
         metrics, config = result.metrics or {}, result.config or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
-        row = outcomes.trial_row(trial_id, metrics, history(result), status=trial_status(result, budget),
+        status = trial_status(result, budget, ended=ended is None or trial_id in ended)
+        row = outcomes.trial_row(trial_id, metrics, history(result), status=status,
                                  error=trial_error(result), metric=settings.metric, mode=settings.mode)
         rows.append({**row, **{name: config.get(name) for name in hyperparameters}})
     return rows
@@ -227,9 +236,15 @@ def evaluate_payload(payload: dict[str, Any], splits: folders.ImageSplits, split
 
 
 def export_results(grid, run_dir: Path, settings, searched: list[str], splits: folders.ImageSplits,
-                   budget: SearchBudget, location: str | None = None) -> None:
-    """Write the tables and best/ into `run_dir` (a local folder); `location` is where the user finds them."""
-    rows = trial_rows(grid, settings, searched, budget)
+                   budget: SearchBudget, location: str | None = None,
+                   ended: set[str] | None = None) -> list[dict[str, Any]]:
+    """Write the tables and best/ into `run_dir` (a local folder); `location` is where the user finds them.
+    Returns the rows of trials.parquet.
+
+    `ended` (trial_rows) is given when the search was interrupted: then its unfinished trials are
+    `interrupted`, and no checkpoint is deleted (`tuner resume` goes on from them).
+    """
+    rows = trial_rows(grid, settings, searched, budget, ended)
     delivery = choose_delivery(grid, settings, run_dir)
     selection_columns(rows, delivery, delivery.order[0][1].get("trial_id") if delivery.order else None)
     write_table(rows, run_dir / "trials.parquet")
@@ -241,22 +256,25 @@ def export_results(grid, run_dir: Path, settings, searched: list[str], splits: f
         write_table(rows, run_dir / "trials.parquet")
     print_summary(rows, payload, location or str(run_dir), settings, searched)
     print_selection(delivery.selection, payload)
-    if settings.keep_checkpoints == "best":
+    if settings.keep_checkpoints == "best" and ended is None:
         best_trial = payload["metrics"]["trial_id"] if payload else None
         dropped, size = drop_finished_checkpoints(grid, rows, keep=best_trial)
         if dropped:
             print(f"deleted the checkpoints of {dropped} finished trials other than the best ({size / 2**20:.1f} MiB); "
                   f"--keep-checkpoints all keeps them")
+    return rows
 
 
 def drop_finished_checkpoints(grid, rows: list[dict[str, Any]], keep: str | None) -> tuple[int, int]:
     """Delete the checkpoint folders of finished trials but `keep` (the best); returns (trials, bytes).
+    Only for a search that has ended (never after an interruption).
 
-    Errored trials keep theirs: `tuner resume` restarts them from there. Finished trials are never
+    Errored and interrupted trials keep theirs: `tuner resume` continues them from there. Finished trials are never
     trained again, best/ already holds the best model, and on a cluster every kept checkpoint is
     storage paid for.
     """
-    finished = {row["trial_id"] for row in rows if row["status"] != "errored" and row["trial_id"] != keep}
+    finished = {row["trial_id"] for row in rows
+                if row["status"] in ("completed", "stopped_early", "diverged") and row["trial_id"] != keep}
     trials = freed = 0
     for result in grid:
         if Path(result.path).name.removeprefix("trial_") not in finished:
@@ -275,8 +293,9 @@ def print_summary(rows, payload, location: str, settings, searched: list[str], t
     metric = settings.metric
     done, counts = outcomes.ranked(rows, metric, METRICS[metric]), outcomes.status_counts(rows)
     diverged = f"{counts['diverged']} diverged, " if counts["diverged"] else ""
+    interrupted = f", {counts['interrupted']} interrupted" if counts["interrupted"] else ""
     print(f"\n{len(rows)} trials: {counts['completed']} completed, {counts['stopped_early']} stopped early by "
-          f"ASHA, {diverged}{counts['errored']} errored; {sum(r['steps'] for r in rows)} trial-steps, "
+          f"ASHA, {diverged}{counts['errored']} errored{interrupted}; {sum(r['steps'] for r in rows)} trial-steps, "
           f"{sum(r['epochs_run'] for r in rows)} trial-epochs")
     for row in rows:
         if row["error"]:

@@ -20,6 +20,7 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback  # imports without wandb; the callback needs it
 
 from ..errors import UserError, first_line
+from ..internals import mlflow_client, mlflow_trial_runs, stop_wandb_loggers
 from ..runs.settings import RunSettings
 from ..runs.storage import is_uri
 
@@ -66,18 +67,19 @@ class MLflowTrialRuns(MLflowLoggerCallback):
     """
 
     def log_trial_start(self, trial) -> None:
-        if trial not in self._trial_runs:
-            self._trial_runs[trial] = self._run_of(trial)
+        runs = mlflow_trial_runs(self)
+        if trial not in runs:
+            runs[trial] = self._run_of(trial)
         super().log_trial_start(trial)  # the hyperparameters (again on resume: same values, allowed)
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        if trial not in self._trial_runs:
+        if trial not in mlflow_trial_runs(self):
             self.log_trial_start(trial)
         step = int(result.get("budget_steps") or result.get("training_iteration") or 0)
-        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=result, step=step)
+        self.mlflow_util.log_metrics(run_id=mlflow_trial_runs(self)[trial], metrics_to_log=result, step=step)
 
     def _run_of(self, trial) -> str:
-        client = self.mlflow_util._get_client()
+        client = mlflow_client(self)
         found = client.search_runs([self.mlflow_util.experiment_id], f"tags.trial_id = '{trial.trial_id}'",
                                    max_results=1)
         if found:
@@ -171,6 +173,5 @@ class WandbTrialRuns(WandbLoggerCallback):
         super().log_trial_start(trial)
 
     def on_experiment_end(self, trials, **info) -> None:
-        for trial in list(self._trial_logging_actors):
-            self._signal_logging_actor_stop(trial)
+        stop_wandb_loggers(self)
         super().on_experiment_end(trials, **info)

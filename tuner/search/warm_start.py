@@ -26,6 +26,7 @@ from typing import Any
 import optuna
 
 from ..errors import UserError, first_line
+from ..internals import in_distribution
 from ..runs.run_files import STUDY_FILE, read_run_record
 from ..runs.storage import filesystem, is_uri, join
 from .space import DefineByRun
@@ -55,26 +56,28 @@ class _NewParameter(Exception):
     """The replayed space asked for a hyperparameter the earlier trial does not have."""
 
 
-class _Replay(optuna.trial.FixedTrial):
+class _Replay:
     """Answers the space's suggestions with an earlier trial's values and records what was asked, in
-    which distribution; stops at the first name the earlier trial lacks."""
+    which distribution; stops at the first name the earlier trial lacks. A trial as space(trial) uses one:
+    Optuna's suggest_float, suggest_int and suggest_categorical."""
 
     def __init__(self, params: dict[str, Any]):
-        super().__init__(params)
         self.given, self.asked = dict(params), {}
 
-    def _suggest(self, name: str, distribution: optuna.distributions.BaseDistribution) -> Any:
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False):
+        return self._answer(name, optuna.distributions.FloatDistribution(low, high, log=log, step=step))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False):
+        return self._answer(name, optuna.distributions.IntDistribution(low, high, log=log, step=step))
+
+    def suggest_categorical(self, name: str, choices):
+        return self._answer(name, optuna.distributions.CategoricalDistribution(choices))
+
+    def _answer(self, name: str, distribution: optuna.distributions.BaseDistribution) -> Any:
         if name not in self.given:
             raise _NewParameter(name)
         self.asked[name] = distribution
         return self.given[name]
-
-
-def _in_range(distribution: optuna.distributions.BaseDistribution, value: Any) -> bool:
-    try:
-        return distribution._contains(distribution.to_internal_repr(value))  # range, step and choices
-    except (ValueError, TypeError):  # a categorical value that is not among the choices
-        return False
 
 
 def fit(function: DefineByRun, params: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
@@ -89,7 +92,7 @@ def fit(function: DefineByRun, params: dict[str, Any]) -> tuple[dict[str, Any] |
     except Exception as err:  # the space cannot even run on these values
         return None, f"the space fails on them ({type(err).__name__})"
     for name, distribution in replay.asked.items():
-        if not _in_range(distribution, params[name]):
+        if not in_distribution(distribution, params[name]):
             return None, f"{name} out of this space's range"
     gone = sorted(set(params) - set(replay.asked))
     if gone:

@@ -12,6 +12,9 @@ yet handed to Ray) or `point=export` (in the driver, the tables written but not 
              TUNER_FAULT_DIR/search.pgid (the test starts the driver in a session of its own and writes
              its id there; Ray's GCS and raylet are in it, and the trials die with the raylet), and then
              this process
+    sigint, sigterm
+             send that signal to the driver (the process named in TUNER_FAULT_DIR/search.pgid, the leader of
+             its session), as Ctrl-C or a batch scheduler does, and go on
 Each fault fires at most N times (default 1) over the whole search, after letting its first K
 occasions pass (default 0): TUNER_FAULT_DIR (required) holds one marker file per occasion, so a
 retried trial or a resumed search runs clean. Ray workers on the local node inherit the driver's
@@ -29,7 +32,8 @@ from typing import Any
 
 import torch
 
-KINDS = ("raise", "kill", "oom", "corrupt", "crash")
+KINDS = ("raise", "kill", "oom", "corrupt", "crash", "sigint", "sigterm")
+SIGNALS = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
 POINTS = ("checkpoint", "export")
 TRAINER_STATE = "trainer.pt"  # trainable.TRAINER_STATE (imported from there, it would be a cycle)
 
@@ -119,6 +123,9 @@ def _fire(fault: dict[str, Any]) -> None:
     where = f"the {when[1]} point" if when[0] == "point" else f"epoch {when[0]}, step {when[1]}"
     if fault["kind"] == "raise":
         raise RuntimeError(f"injected fault (TUNER_FAULT) at {where}")
+    if fault["kind"] in SIGNALS:
+        os.kill(int((Path(os.environ["TUNER_FAULT_DIR"]) / "search.pgid").read_text()), SIGNALS[fault["kind"]])
+        return
     if fault["kind"] == "oom":
         raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB (injected at {where})")
     if fault["kind"] == "corrupt":

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from ..internals import foreach_copy_, foreach_lerp_
 from .model import trained_keys
 
 
@@ -26,7 +27,7 @@ def ema_with_warmup(decay: float):
     """An AveragedModel multi_avg_fn: torch's get_ema_multi_avg_fn update with the decay of ema_decay_at."""
     @torch.no_grad()
     def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: int | torch.Tensor) -> None:
-        torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay_at(decay, int(n_averaged)))
+        foreach_lerp_(ema_params, params, 1.0 - ema_decay_at(decay, int(n_averaged)))
     return update
 
 
@@ -66,11 +67,11 @@ class ModelEMA:
         ema_floats, floats, ema_others, others = self.pairs
         with torch.no_grad():
             if step == 0:
-                torch._foreach_copy_(ema_floats, floats)
+                foreach_copy_(ema_floats, floats)
             else:
                 self.average.multi_avg_fn(ema_floats, floats, step)
             if others:  # batch-norm counters: an average means nothing
-                torch._foreach_copy_(ema_others, others)
+                foreach_copy_(ema_others, others)
         self.average.n_averaged += 1
 
 

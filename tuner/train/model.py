@@ -22,6 +22,10 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from ..errors import UserError, first_line
 from .config import MODELS, STAGES, TrainConfig
 
+# Every batch-norm layer torch has (its common base class is private).
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LazyBatchNorm1d,
+               nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
+
 _ARCHITECTURES = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
@@ -71,7 +75,7 @@ class TransferResNet(ResNet):
                 if self.bn_mode == "frozen" or stage not in trained_stages(self.trained_depth):
                     for module in stage_modules(self, stage):
                         for bn in module.modules():
-                            if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                            if isinstance(bn, BATCH_NORMS):
                                 bn.eval()
         return self
 
