@@ -4,9 +4,10 @@ Data and run settings are bound with `tune.with_parameters`, never put in the hy
 
 How a trial meets faults: a crash (an exception, a killed process, a lost node) fails the trial and Ray
 restarts it from its latest checkpoint, up to `--max-failures` times; a damaged checkpoint is skipped
-for the trial's previous one (or a fresh start), with a warning; a NaN or infinite loss ends the trial
-cleanly with `diverged: True` (no retry: the same configuration would diverge again); running out of
-memory fails it with a message that names the batch and image size.
+for the trial's previous one (or a fresh start), with a warning, but one that cannot be read (EIO on
+failing storage, after load_torch's retries) fails the trial, which Ray retries from it; a NaN or
+infinite loss ends the trial cleanly with `diverged: True` (no retry: the same configuration would
+diverge again); running out of memory fails it with a message that names the batch and image size.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def plan_for(hyperparameters: TrainConfig, budget: SearchBudget, train_images: i
 def load_trainer_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:
     """The trainer state saved in one trial checkpoint, verified (sha256 sidecar, load test, format).
 
-    CorruptCheckpoint, naming the file, when it is missing, damaged or not a trainer state.
+    CorruptCheckpoint, naming the file, when it is missing, damaged or not a trainer state;
+    CheckpointReadError when it could not be read (its bytes may be whole).
     """
     shown = f"{checkpoint.path.rstrip('/')}/{TRAINER_STATE}"
     with checkpoint.as_directory() as folder:
@@ -159,7 +161,8 @@ def resume_state(checkpoint: tune.Checkpoint) -> tuple[dict[str, Any] | None, st
 
     A damaged checkpoint is skipped for the trial's newest older one that loads (Ray keeps the best
     epoch's besides the latest); with none, (None, warning): the trial starts from scratch. The
-    warning also goes to stderr (the worker's log).
+    warning also goes to stderr (the worker's log). A read error (CheckpointReadError) is raised, never
+    skipped: it fails the trial, and Ray retries it from the same checkpoint (`--max-failures`).
     """
     skipped = []
     for candidate in [checkpoint, *older_checkpoints(checkpoint)]:
