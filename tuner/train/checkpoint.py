@@ -134,7 +134,7 @@ def _read_verified(path: Path, shown: str) -> bytes:
                 why = f"{err.strerror}, errno {err.errno}" if err.strerror else first_line(err)
                 tries = len(READ_RETRY_SECONDS) + 1
                 raise CheckpointReadError(f"cannot read checkpoint {shown} ({why}) in {tries} tries; nothing was "
-                                          f"deleted: retry when the storage reads again") from None
+                                          f"deleted: retry when the storage reads again") from err
             time.sleep(wait)
     if expected is not None and hashlib.sha256(content).hexdigest() != expected:
         raise _Damaged(f"its sha256 does not match {sidecar.name}")
