@@ -18,7 +18,7 @@ import torch
 
 import tuner.testing.faults  # noqa: F401  (installs TUNER_FAULT's read and swap points)
 from tuner.search.results import Delivery, export_best
-from tuner.search.trainable import TRAINER_STATE, resume_state
+from tuner.search.trainable import PREDICTIONS, TRAINER_STATE, load_predictions, resume_state, save_predictions
 from tuner.train.checkpoint import (
     CheckpointReadError,
     CorruptCheckpoint,
@@ -31,6 +31,7 @@ from tuner.train.checkpoint import (
     save_torch,
     write_best,
 )
+from tuner.train.evaluation import ImagePredictions
 from tuner.train.model import CHECKPOINT_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +140,22 @@ def test_export_stops_at_a_checkpoint_that_cannot_be_read_and_writes_nothing(tmp
     with pytest.raises(CheckpointReadError, match="checkpoint_000001/trainer.pt"):
         export_best([], tmp_path / "run", SimpleNamespace(metric="val_acc"), splits=None, delivery=delivery)
     assert not (tmp_path / "run").exists()
+
+
+def test_validation_predictions_that_cannot_be_read_are_a_read_error_not_missing(tmp_path, faults):
+    from ray.tune import Checkpoint
+
+    folder = tmp_path / "checkpoint_000000"
+    folder.mkdir()
+    checkpoint = Checkpoint(str(folder))
+    assert load_predictions(checkpoint) is None  # none saved: a checkpoint from before they were
+    predictions = ImagePredictions(torch.tensor([0, 1]), torch.tensor([0.9, 0.4]), torch.tensor([0, 0]))
+    save_predictions(predictions, folder / PREDICTIONS)
+    faults("eio@point=read,times=1")
+    assert load_predictions(checkpoint)["predicted"].tolist() == [0, 1]  # the second try reads it
+    faults("eio@point=read,times=3,after=1")
+    with pytest.raises(CheckpointReadError, match=f"{PREDICTIONS} .*3 tries"):
+        load_predictions(checkpoint)
 
 
 # --- best/ swapped whole ---

@@ -34,7 +34,7 @@ from ..runs.budget import SearchBudget
 from ..runs.storage import local_data
 from ..testing.faults import fault_hook, fault_point
 from ..train import folders
-from ..train.checkpoint import CorruptCheckpoint, atomic_write, load_torch, save_torch
+from ..train.checkpoint import CorruptCheckpoint, atomic_write, load_torch, read_retrying, save_torch
 from ..train.config import TrainConfig, make_config
 from ..train.engine import Diverged, Trainer
 from ..train.evaluation import ImagePredictions
@@ -124,10 +124,22 @@ def save_predictions(predictions: ImagePredictions, path: Path) -> None:
 
 def load_predictions(checkpoint: tune.Checkpoint) -> dict[str, np.ndarray] | None:
     """The per-image validation predictions saved with `checkpoint`; None when it has none (a checkpoint from
-    before they were saved) or they do not read back whole (a damaged file)."""
-    try:  # this file alone: a checkpoint at a URI is not downloaded whole
-        with checkpoint.filesystem.open_input_file(f"{checkpoint.path.rstrip('/')}/{PREDICTIONS}") as handle:
-            content = handle.read()
+    before they were saved) or they do not read back whole (a damaged file).
+
+    CheckpointReadError when the file cannot be read (after read_retrying's tries): not a None, which
+    would change how the search's delivered trial is chosen.
+    """
+    shown = f"{checkpoint.path.rstrip('/')}/{PREDICTIONS}"
+
+    def read() -> bytes:  # this file alone: a checkpoint at a URI is not downloaded whole
+        with checkpoint.filesystem.open_input_file(shown) as handle:
+            return handle.read()
+
+    try:
+        content = read_retrying(read, shown)
+    except FileNotFoundError:
+        return None
+    try:
         with np.load(io.BytesIO(content), allow_pickle=False) as saved:
             arrays = {name: saved[name] for name in PREDICTION_ARRAYS}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -17,12 +18,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ..errors import UserError, first_line
 from .model import CHECKPOINT_FORMAT, file_sha256
+
+T = TypeVar("T")  # what read_retrying's read returns
 
 # What a checkpoint says about its model beyond the weights; part of every checkpoint we write.
 DESCRIPTION_KEYS = ("config", "classes", "weights", "normalization", "compute")
@@ -110,32 +113,43 @@ class _Damaged(ValueError):
     """The bytes are proven bad; the message says how, in a few words."""
 
 
-def _read_verified(path: Path, shown: str) -> bytes:
-    """The file's bytes, checked against its sha256 sidecar when it has one.
-
-    _Damaged for a missing file or a failed checksum; an OSError is retried after each of
-    READ_RETRY_SECONDS, then CheckpointReadError naming `shown`.
-    """
-    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
-    for wait in (*READ_RETRY_SECONDS, None):
+def read_retrying(read: Callable[[], T], shown: str) -> T:
+    """`read()`, tried again after each of READ_RETRY_SECONDS when it raises an OSError; then
+    CheckpointReadError naming `shown`. A missing file (FileNotFoundError, NotADirectoryError) is no read
+    error: it propagates at once."""
+    for tried in itertools.count(1):
         try:
             if fault_hook is not None:
-                fault_hook("read", path)
-            content = path.read_bytes()
-            try:
-                expected = (sidecar.read_text().split() or [""])[0]
-            except FileNotFoundError:
-                expected = None  # written without one
-            break
+                fault_hook("read", Path(shown))
+            return read()
         except (FileNotFoundError, NotADirectoryError):
-            raise _Damaged("no such file") from None
+            raise
         except OSError as err:
-            if wait is None:
+            if tried > len(READ_RETRY_SECONDS):
                 why = f"{err.strerror}, errno {err.errno}" if err.strerror else first_line(err)
-                tries = len(READ_RETRY_SECONDS) + 1
-                raise CheckpointReadError(f"cannot read checkpoint {shown} ({why}) in {tries} tries; nothing was "
+                raise CheckpointReadError(f"cannot read checkpoint {shown} ({why}) in {tried} tries; nothing was "
                                           f"deleted: retry when the storage reads again") from err
-            time.sleep(wait)
+            time.sleep(READ_RETRY_SECONDS[tried - 1])
+
+
+def _read_verified(path: Path, shown: str) -> bytes:
+    """The file's bytes, checked against its sha256 sidecar when it has one (both read_retrying).
+
+    _Damaged for a missing file or a failed checksum; CheckpointReadError when a read keeps failing.
+    """
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+
+    def read_both() -> tuple[bytes, str | None]:
+        content = path.read_bytes()
+        try:
+            return content, (sidecar.read_text().split() or [""])[0]
+        except FileNotFoundError:
+            return content, None  # written without one
+
+    try:
+        content, expected = read_retrying(read_both, shown)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _Damaged("no such file") from None
     if expected is not None and hashlib.sha256(content).hexdigest() != expected:
         raise _Damaged(f"its sha256 does not match {sidecar.name}")
     return content
