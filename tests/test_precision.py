@@ -1,6 +1,8 @@
 """Precision and memory layout chosen by measuring this node (tuner/train/precision.py)."""
 
 import json
+import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from tuner.train.cache import cache_root
 from tuner.train.config import make_config
 from tuner.train.engine import Trainer
 from tuner.train.model import build_model
-from tuner.train.precision import choose_compute, cpu_bf16_units, describe_machine, probe_key
+from tuner.train.precision import choose_compute, cpu_bf16_units, cuda_precisions, describe_machine, probe_key
 
 CPU = torch.device("cpu")
 
@@ -90,3 +92,28 @@ def test_a_trainer_trains_in_the_chosen_layout_and_records_the_choice(demo_root)
 def test_the_machine_line_names_the_cpu_and_its_bf16_units():
     line = describe_machine()
     assert "CPU " in line and "AVX512-BF16" in line and "AMX" in line and torch.__version__ in line
+
+
+@pytest.mark.parametrize("capability, expected", [
+    ((7, 0), ["fp16"]),  # V100: bf16 only emulated
+    ((7, 5), ["fp16"]),  # T4, where torch.cuda.is_bf16_supported() still says True
+    ((8, 0), ["bf16"]),  # A100
+    ((8, 9), ["bf16"]),  # L4, L40S
+    ((9, 0), ["bf16"]),  # H100, H200
+])
+def test_cuda_takes_bf16_from_compute_capability_8_and_fp16_with_a_scaler_before(capability, expected):
+    precisions, reason = cuda_precisions(capability)
+    assert precisions == expected
+    assert f"compute capability {capability[0]}.{capability[1]}" in reason
+    assert ("grad scaler" in reason) == (expected == ["fp16"])
+
+
+def test_the_cpus_bf16_units_are_the_kernels_cpu_flags():
+    # Read here from /proc/cpuinfo, not through the function under test (which asks torch where it can).
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    line = next(line for line in lines if line.startswith(("flags", "Features")))
+    flags = set(line.split(":", 1)[1].split())
+    units = cpu_bf16_units()
+    assert ("AVX512-BF16" in units) == ("avx512_bf16" in flags)
+    assert ("AMX" in units) == ("amx_bf16" in flags)
+    assert ("Arm BF16" in units) == (platform.machine() in ("aarch64", "arm64") and "bf16" in flags)

@@ -48,14 +48,13 @@ def refit_best(run_dir: Path, settings, splits: folders.ImageSplits) -> str | No
     if splits.test:  # through the normal load path, in the precision it trained in, as the search's was
         trained = load_trained(payload, resolve_device("auto"), as_trained=True)
         payload["metrics"].update(trained.evaluate(splits.test, prefix="test").metrics)
-    keep_search_checkpoint(best)
-    write_best(best, payload)
+    # One swap: the new best/ holds the refit model and, in best/search/, the search's checkpoint.
+    write_best(best, payload, extra=lambda new: keep_search_checkpoint(best, new / SEARCH_BEST))
     return refit_line(payload["metrics"], chosen, len(splits.train), len(splits.val))
 
 
-def keep_search_checkpoint(best: Path) -> None:
-    """Copy best/'s files (the search's chosen checkpoint) into best/search/."""
-    target = best / SEARCH_BEST
+def keep_search_checkpoint(best: Path, target: Path) -> None:
+    """Copy best/'s files (the search's chosen checkpoint) into `target` (best/search/ of the new best/)."""
     target.mkdir(parents=True, exist_ok=True)
     for path in best.iterdir():
         if path.is_file() and not path.name.startswith("."):

@@ -200,7 +200,9 @@ def export_best(grid, run_dir: Path, settings, splits: folders.ImageSplits,
     """Copy the delivered trial's best epoch (choose_delivery) to RUN/best/; evaluate it on the test split if
     there is one. best/metrics.json's `selection` says why it was chosen.
 
-    A damaged checkpoint is never loaded: it is skipped with a warning for the next best one.
+    A damaged checkpoint is never loaded: it is skipped with a warning for the next best one. One that
+    cannot be read (CheckpointReadError, after load_torch's retries) stops the export: it is raised, and
+    nothing is written, since delivering the next best would pass over a checkpoint that may be whole.
     """
     delivery = delivery or choose_delivery(grid, settings)
     reason = delivery.reason

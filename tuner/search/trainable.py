@@ -4,9 +4,10 @@ Data and run settings are bound with `tune.with_parameters`, never put in the hy
 
 How a trial meets faults: a crash (an exception, a killed process, a lost node) fails the trial and Ray
 restarts it from its latest checkpoint, up to `--max-failures` times; a damaged checkpoint is skipped
-for the trial's previous one (or a fresh start), with a warning; a NaN or infinite loss ends the trial
-cleanly with `diverged: True` (no retry: the same configuration would diverge again); running out of
-memory fails it with a message that names the batch and image size.
+for the trial's previous one (or a fresh start), with a warning, but one that cannot be read (EIO on
+failing storage, after load_torch's retries) fails the trial, which Ray retries from it; a NaN or
+infinite loss ends the trial cleanly with `diverged: True` (no retry: the same configuration would
+diverge again); running out of memory fails it with a message that names the batch and image size.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..runs.budget import SearchBudget
 from ..runs.storage import local_data
 from ..testing.faults import fault_hook, fault_point
 from ..train import folders
-from ..train.checkpoint import CorruptCheckpoint, atomic_write, load_torch, save_torch
+from ..train.checkpoint import CorruptCheckpoint, atomic_write, load_torch, read_retrying, save_torch
 from ..train.config import TrainConfig, make_config
 from ..train.engine import Diverged, Trainer
 from ..train.evaluation import ImagePredictions
@@ -123,10 +124,22 @@ def save_predictions(predictions: ImagePredictions, path: Path) -> None:
 
 def load_predictions(checkpoint: tune.Checkpoint) -> dict[str, np.ndarray] | None:
     """The per-image validation predictions saved with `checkpoint`; None when it has none (a checkpoint from
-    before they were saved) or they do not read back whole (a damaged file)."""
-    try:  # this file alone: a checkpoint at a URI is not downloaded whole
-        with checkpoint.filesystem.open_input_file(f"{checkpoint.path.rstrip('/')}/{PREDICTIONS}") as handle:
-            content = handle.read()
+    before they were saved) or they do not read back whole (a damaged file).
+
+    CheckpointReadError when the file cannot be read (after read_retrying's tries): not a None, which
+    would change how the search's delivered trial is chosen.
+    """
+    shown = f"{checkpoint.path.rstrip('/')}/{PREDICTIONS}"
+
+    def read() -> bytes:  # this file alone: a checkpoint at a URI is not downloaded whole
+        with checkpoint.filesystem.open_input_file(shown) as handle:
+            return handle.read()
+
+    try:
+        content = read_retrying(read, shown)
+    except FileNotFoundError:
+        return None
+    try:
         with np.load(io.BytesIO(content), allow_pickle=False) as saved:
             arrays = {name: saved[name] for name in PREDICTION_ARRAYS}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
@@ -144,7 +157,8 @@ def plan_for(hyperparameters: TrainConfig, budget: SearchBudget, train_images: i
 def load_trainer_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:
     """The trainer state saved in one trial checkpoint, verified (sha256 sidecar, load test, format).
 
-    CorruptCheckpoint, naming the file, when it is missing, damaged or not a trainer state.
+    CorruptCheckpoint, naming the file, when it is missing, damaged or not a trainer state;
+    CheckpointReadError when it could not be read (its bytes may be whole).
     """
     shown = f"{checkpoint.path.rstrip('/')}/{TRAINER_STATE}"
     with checkpoint.as_directory() as folder:
@@ -159,7 +173,8 @@ def resume_state(checkpoint: tune.Checkpoint) -> tuple[dict[str, Any] | None, st
 
     A damaged checkpoint is skipped for the trial's newest older one that loads (Ray keeps the best
     epoch's besides the latest); with none, (None, warning): the trial starts from scratch. The
-    warning also goes to stderr (the worker's log).
+    warning also goes to stderr (the worker's log). A read error (CheckpointReadError) is raised, never
+    skipped: it fails the trial, and Ray retries it from the same checkpoint (`--max-failures`).
     """
     skipped = []
     for candidate in [checkpoint, *older_checkpoints(checkpoint)]:

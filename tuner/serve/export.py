@@ -53,7 +53,8 @@ def export_model(model_path: str | Path, fmt: str, out: str | Path) -> dict[str,
     """Write the checkpoint at `model_path` (run folder, best/ or model.pt) to `out` as `fmt`.
 
     Returns the metadata embedded in the file (what `read_metadata(out)` gives back). The write is
-    atomic: on any failure an existing `out` is left as it was.
+    atomic: on any failure an existing `out` is left as it was. The file's mode is the one open() would give
+    (0644 under umask 0022), so a server running as another user can read it.
     """
     out = Path(out)
     if fmt not in FORMATS:

@@ -3,8 +3,12 @@
 TUNER_FAULT="KIND@WHEN[,times=N][,after=K][,NAME=VALUE...]", several separated by ";". WHEN is
 `epoch=E[,step=S]`: in a trial whose hyperparameters match every NAME=VALUE, before training step S
 (default 0) of epoch E (from 1); or `point=checkpoint` (in a trial, its checkpoint file written but not
-yet handed to Ray) or `point=export` (in the driver, the tables written but not yet best/). KIND:
+yet handed to Ray), `point=export` (in the driver, the tables written but not yet best/), `point=read`
+(before each try to read a checkpoint file, train/checkpoint.py) or `point=swap` (between the two
+renames that swap in a new best/). The read and swap points fire in any process that imported this
+module (a search's driver and trials; a test), for faults without NAME=VALUE. KIND:
     raise    raise RuntimeError("injected fault ...")
+    eio      raise OSError(EIO), as a read from failing storage does
     kill     SIGKILL the trial's process (a crash Ray only sees as a dead worker)
     oom      raise torch.OutOfMemoryError, as a device that ran out of memory does
     corrupt  flip bytes inside the trial's latest checkpoint file, then SIGKILL the process
@@ -23,6 +27,7 @@ environment.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -32,9 +37,11 @@ from typing import Any
 
 import torch
 
-KINDS = ("raise", "kill", "oom", "corrupt", "crash", "sigint", "sigterm")
+from ..train import checkpoint as checkpoint_files
+
+KINDS = ("raise", "kill", "oom", "corrupt", "crash", "eio", "sigint", "sigterm")
 SIGNALS = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
-POINTS = ("checkpoint", "export")
+POINTS = ("checkpoint", "export", "read", "swap")
 TRAINER_STATE = "trainer.pt"  # trainable.TRAINER_STATE (imported from there, it would be a cycle)
 
 
@@ -123,6 +130,8 @@ def _fire(fault: dict[str, Any]) -> None:
     where = f"the {when[1]} point" if when[0] == "point" else f"epoch {when[0]}, step {when[1]}"
     if fault["kind"] == "raise":
         raise RuntimeError(f"injected fault (TUNER_FAULT) at {where}")
+    if fault["kind"] == "eio":
+        raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} (injected by TUNER_FAULT at {where})")
     if fault["kind"] in SIGNALS:
         os.kill(int((Path(os.environ["TUNER_FAULT_DIR"]) / "search.pgid").read_text()), SIGNALS[fault["kind"]])
         return
@@ -144,3 +153,11 @@ def _fire(fault: dict[str, Any]) -> None:
     if fault["kind"] == "crash":
         os.killpg(int((Path(os.environ["TUNER_FAULT_DIR"]) / "search.pgid").read_text()), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _checkpoint_fault(point: str, path: Path) -> None:
+    fault_point(point)
+
+
+# train/ may not import this layer: its read and swap points call this hook instead.
+checkpoint_files.fault_hook = _checkpoint_fault

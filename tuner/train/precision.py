@@ -7,8 +7,10 @@ instructions (AVX512-BF16, AMX, Arm's BF16), `memory_format=auto` offers channel
 and when more than one candidate is left a probe times a few training steps of each for the run's own
 model, image size, batch, trained depth and thread count, and the fastest wins. The answer is kept in
 the node cache ($TUNER_CACHE/compute/<key>/, keyed by CPU model, torch version and those sizes), so later
-runs and trials on the node reuse it. On CUDA: bf16 where the GPU has it, else fp16 with a grad scaler,
-channels_last (the cuDNN layout for tensor cores); nothing to measure.
+runs and trials on the node reuse it. On CUDA: bf16 where the GPU has bf16 tensor cores (compute
+capability 8.0, Ampere, and later), else fp16 with a grad scaler, channels_last (the cuDNN layout for
+tensor cores); nothing to measure. `torch.cuda.is_bf16_supported()` is not the test: by default it also
+says True where bf16 is only emulated (T4, V100), slower than fp16 there.
 
 torch.compile is not probed: compiling a ResNet-50 takes 60-90 s on a CPU (bench/trainer.py --compile),
 more than a probe may cost and often more than a trial; it stays the explicit `compile` hyperparameter.
@@ -79,20 +81,22 @@ def cpu_model() -> str:
 
 def cpu_bf16_units() -> list[str]:
     """The CPU's bf16 instruction sets that torch can use (empty: bf16 would be emulated, slowly)."""
-    units = []
-    if torch.cpu._is_avx512_bf16_supported():
-        units.append("AVX512-BF16")
-    if torch.cpu._is_amx_tile_supported():
-        units.append("AMX")
-    if platform.machine() in ("aarch64", "arm64") and "bf16" in _arm_features():
+    flags = cpu_flags()
+    units = [unit for unit, flag in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if flag in flags]
+    if platform.machine() in ("aarch64", "arm64") and "bf16" in flags:
         units.append("Arm BF16")
     return units
 
 
-def _arm_features() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags, by the kernel's names (avx512_bf16, amx_bf16; Arm: bf16): torch's public
+    torch.cpu.get_capabilities() where this torch has it, else /proc/cpuinfo (Linux); empty elsewhere."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        return {name for name, value in capabilities().items() if value is True}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("Features"):
+            if line.startswith(("flags", "Features")):  # x86, Arm
                 return set(line.split(":", 1)[1].split())
     except OSError:
         pass
@@ -142,13 +146,21 @@ def _precision_candidates(precision: str, device: torch.device) -> tuple[list[st
             raise UserError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on the CPU")
         return [precision], "as configured"
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return ["bf16"], "the GPU has bf16"
-        return ["fp16"], "the GPU has no bf16: fp16 with a grad scaler"
+        return cuda_precisions(torch.cuda.get_device_capability(device))
     units = cpu_bf16_units()
     if units:
         return ["fp32", "bf16"], f"the CPU has bf16 units ({', '.join(units)})"
     return ["fp32"], "the CPU has no bf16 units (AVX512-BF16, AMX or Arm BF16): bf16 would be emulated"
+
+
+def cuda_precisions(capability: tuple[int, int]) -> tuple[list[str], str]:
+    """The precision for a GPU of this compute capability, and why: bf16 from 8.0 (Ampere) on, where the
+    tensor cores compute it; before, bf16 is emulated (slower than fp16), so fp16 with a grad scaler."""
+    major, minor = capability
+    if (major, minor) >= (8, 0):
+        return ["bf16"], f"the GPU has bf16 tensor cores (compute capability {major}.{minor})"
+    return ["fp16"], (f"the GPU has no bf16 tensor cores (compute capability {major}.{minor}, under 8.0): "
+                      f"fp16 with a grad scaler")
 
 
 def probe_key(config: TrainConfig, device: torch.device, candidates: list[tuple[str, str]], num_classes: int) -> str:
