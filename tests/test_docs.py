@@ -110,7 +110,8 @@ def test_the_augmentation_table_sits_in_its_section():
 def test_every_table_is_generated_or_checked_here():
     """A new hand table needs a test below that checks what it states against the code."""
     checked = {"README.md": ["| command |"], "docs/search-spaces.md": ["| shipped space |"],
-               "docs/export.md": ["| `--format` |"], "docs/libraries.md": ["| job |"]}
+               "docs/export.md": ["| `--format` |"], "docs/libraries.md": ["| job |"],
+               "docs/failures.md": ["| trials.parquet | optuna.db |", "| stop or fault |"]}
     for page in PAGES:
         for table in _tables(page.read_text()):
             assert any(table[0].startswith(header) for header in checked.get(_name(page), [])), (
@@ -131,6 +132,26 @@ def test_the_commands_table_lists_every_command_with_real_flags():
     for command, text in listed.items():
         unknown = set(re.findall(r"--[a-z][a-z0-9-]*", text)) - _flags(parsers[command])
         assert not unknown, f"tuner {command} has no {sorted(unknown)}"
+
+
+def test_the_study_states_table_says_what_outcomes_tells_optuna():
+    from tuner.runs.outcomes import optuna_state
+
+    for cells in _table("docs/failures.md", "| trials.parquet | optuna.db |"):
+        expected = cells[1].split()[0].strip(",;")
+        for status in _code(cells[0]):
+            assert (optuna_state(status, 0.5) or "RUNNING") == expected, f"{status}: docs say {expected}"
+
+
+def test_every_row_of_the_fault_table_names_a_test_that_exists():
+    from test_interruptions import STOPS
+
+    for cells in _table("docs/failures.md", "| stop or fault |"):
+        file, _, function = _code(cells[-1])[0].partition("::")
+        assert f"def {function}(" in (ROOT / "tests" / file).read_text(), f"no {function} in tests/{file}"
+        if function == "test_a_signal_leaves_a_run_that_resumes_without_loss":
+            assert cells[0] in STOPS, f"{cells[0]!r} is no case of {function}"
+        assert all(cell.split()[0] in ("0", "—") for cell in cells[1:-1]), cells
 
 
 def test_the_shipped_spaces_table_matches_the_space_files():
