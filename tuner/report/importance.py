@@ -62,6 +62,7 @@ def read_study(run: RunData, snapshot: Path):
     for writing); (None, why) when it is missing or unreadable."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not its INFO line on loading the only study
     db = run.fetch(STUDY_FILE)
     if db is None:
         return None, "RUN/optuna.db is not there"

@@ -27,7 +27,7 @@ from ..runs.run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, read_run_record
 from ..runs.settings import RunSettings, recorded_settings
 from ..runs.storage import exists, is_uri, local_data, run_location, staged
 from ..train import folders
-from ..train.checkpoint import save_json
+from ..train.checkpoint import recover_best, save_json
 from ..train.config import field_names, make_config
 from ..train.model import build_model, imagenet_cache_path
 from ..train.precision import ComputeChoice, choose_compute
@@ -332,6 +332,8 @@ def resume_search(run: str, more_trials: int | None = None) -> str:
 
     run = run if is_uri(run) else str(Path(run).expanduser().resolve())
     record = read_run_record(run)
+    if not is_uri(run):
+        recover_best(Path(run) / "best")  # a crash between best/'s two renames left it aside
     settings = recorded_settings(record["settings"], f"{run!r}: {RUN_RECORD}")
     splits = load_run_splits(settings, record["fixed"])
     budget = SearchBudget(**record["budget"])
