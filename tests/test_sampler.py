@@ -1,5 +1,5 @@
 """The sampler behind every search: START's configurations first and in order, then TPE with no random start
-after a portfolio (real Optuna through Ray's OptunaSearch, no Ray cluster)."""
+after a portfolio (real Optuna through the study's Ray Searcher, no Ray cluster)."""
 
 import pytest
 

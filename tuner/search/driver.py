@@ -1,4 +1,4 @@
-"""Build and run the search: Ray Tune trials of the trainer, Optuna's TPE through OptunaSearch, ASHA.
+"""Build and run the search: Ray Tune trials of the trainer, Optuna's TPE through the run's study (study.py), ASHA.
 
 `run_search` starts a new search, `resume_search` continues an interrupted one; both end by writing
 the run's tables and `best/` (see results.py). The run's own record, RUN/tuner.json, holds what a

@@ -46,7 +46,7 @@ class SearchSpace:
     distributions: list[dict[str, Any]] = field(default_factory=list)
 
     def define_by_run(self) -> DefineByRun:
-        """What OptunaSearch calls for every trial: the file's space(trial) plus the fixed values."""
+        """What the searcher calls for every trial: the file's space(trial) plus the fixed values."""
         return DefineByRun(self.path, self.fixed)
 
 
@@ -214,7 +214,7 @@ def _check_draws(function: DefineByRun, path: Path) -> dict[str, optuna.distribu
                                 f"or --max-epochs (max_steps or max_epochs in SETTINGS) and ASHA decides how "
                                 f"much each trial runs")
         try:
-            make_config({**trial.params, **constants})  # as OptunaSearch merges them
+            make_config({**trial.params, **constants})  # as the searcher merges them
         except UserError as err:
             raise UserError(f"space(trial) in {str(path)!r} gives an invalid configuration: {err}") from None
         study.tell(trial, 0.0)

@@ -148,6 +148,6 @@ def _earlier_trials(run: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def seed_study(warm: WarmStart, storage, study_name: str, direction: str) -> None:
-    """Create the new search's study with the taken trials first (OptunaSearch then loads it)."""
+    """Create the new search's study with the taken trials first (the searcher then loads it)."""
     study = optuna.create_study(storage=storage, study_name=study_name, direction=direction)
     study.add_trials(warm.taken)
