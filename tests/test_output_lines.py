@@ -1,0 +1,79 @@
+"""What the command line prints: a setting that loses says so."""
+
+import json
+
+import pytest
+
+from tuner.__main__ import main
+from tuner.runs.settings import settings_under_flags
+from tuner.train.config import make_config, override_notes
+from tuner.train.demo_data import write_demo_data
+
+TINY = {"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """The demo data with 4 training images a class: 32 images, 2 steps an epoch at batch 16."""
+    root = tmp_path_factory.mktemp("small") / "data"
+    write_demo_data(root, train_per_class=4, val_per_class=2, test_per_class=1)
+    return root
+
+
+def _train(data, out, *argv) -> int:
+    return main(["train", "--data", str(data), "--out", str(out), "--loader-workers", "0", *argv])
+
+
+def test_epochs_under_steps_from_a_config_says_so_and_set_steps_changes_the_length(small_demo, tmp_path, capsys):
+    config = tmp_path / "config.json"  # as a run's best/config.json: every field, epochs at its default
+    config.write_text(json.dumps(make_config({**TINY, "steps": 4}).to_dict()))
+
+    assert _train(small_demo, tmp_path / "a", "--config", str(config), "--set", "epochs=1") == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "tuner train: note: epochs=1 ignored: steps=4 from --config wins; pass --set steps=N for another length, "
+        "or --set steps=none to train epochs=1"]
+    assert "length: 4 optimizer steps (2 an epoch)" in captured.out
+
+    assert _train(small_demo, tmp_path / "b", "--config", str(config), "--set", "steps=2") == 0
+    captured = capsys.readouterr()
+    assert "length: 2 optimizer steps (2 an epoch)" in captured.out and "note" not in captured.err
+
+    # The config's own epochs (the default, which nobody chose) is not a setting that lost.
+    assert _train(small_demo, tmp_path / "c", "--config", str(config)) == 0
+    assert "note" not in capsys.readouterr().err
+
+    assert _train(small_demo, tmp_path / "d", "--config", str(config), "--set", "steps=none", "--set", "epochs=1") == 0
+    assert "length: 2 optimizer steps (2 an epoch)" in capsys.readouterr().out
+
+
+def test_epochs_on_resume_names_the_checkpoints_steps(small_demo, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(small_demo, run, *(f"--set={k}={v}" for k, v in {**TINY, "steps": 2}.items())) == 0
+    capsys.readouterr()
+    assert _train(small_demo, run, "--resume", "--set", "epochs=3") == 0
+    assert "tuner train: note: epochs=3 ignored: steps=2 from the run's checkpoint wins" in capsys.readouterr().err
+
+
+def test_a_stage_rate_overrides_the_ratio_and_says_so():
+    config = make_config({"lr_layer4": 1e-4, "lr_backbone_ratio": 0.5})
+    assert override_notes(config, {"lr_backbone_ratio": "--set", "lr_layer4": "--config"}) == [
+        "lr_backbone_ratio=0.5 ignored: lr_layer4=0.0001 from --config wins; pass --set lr_layer4=none to use "
+        "lr_backbone_ratio=0.5"]
+    assert override_notes(config, {"lr_layer4": "--config"}) == []  # the ratio was not given: nothing lost
+    assert override_notes(make_config({"lr_backbone_ratio": 0.5}), {"lr_backbone_ratio": "--set"}) == []
+
+
+def test_a_budget_flag_says_which_settings_of_the_space_it_replaces():
+    space = {"max_steps": 200, "grace_period": 20, "trials": 6}
+    chosen, notes = settings_under_flags(space, {"max_epochs": 3, "trials": 4})
+    assert chosen == {"max_epochs": 3, "trials": 4}
+    assert notes == [
+        "max_steps=200 from the space's SETTINGS ignored: --max-epochs 3 replaces the space's budget; pass "
+        "--max-steps 200 instead to keep it",
+        "grace_period=20 from the space's SETTINGS ignored: --max-epochs 3 replaces the space's budget; pass "
+        "--grace-period to set one"]
+    # A flag of the same name is the documented order (flag, then SETTINGS): no note.
+    assert settings_under_flags(space, {"max_steps": 300, "grace_period": 30}) == (
+        {"max_steps": 300, "grace_period": 30, "trials": 6}, [])
+    assert settings_under_flags(space, {}) == (space, [])
