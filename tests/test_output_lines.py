@@ -1,10 +1,11 @@
-"""What the command line prints: a setting that loses says so."""
+"""What the command line prints: a setting that loses says so, one default per --help line."""
 
 import json
+import re
 
 import pytest
 
-from tuner.__main__ import main
+from tuner.__main__ import COMMANDS, main
 from tuner.runs.settings import settings_under_flags
 from tuner.train.config import make_config, override_notes
 from tuner.train.demo_data import write_demo_data
@@ -77,3 +78,27 @@ def test_a_budget_flag_says_which_settings_of_the_space_it_replaces():
     assert settings_under_flags(space, {"max_steps": 300, "grace_period": 30}) == (
         {"max_steps": 300, "grace_period": 30, "trials": 6}, [])
     assert settings_under_flags(space, {}) == (space, [])
+
+
+def _help_entries(text: str) -> list[str]:
+    """--help's text cut into its entries: a line that starts with two spaces and a name begins one."""
+    entries: list[str] = []
+    for line in text.splitlines():
+        if re.match(r"  \S", line) or not entries:
+            entries.append(line)
+        else:
+            entries[-1] += " " + line.strip()
+    return entries
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_every_help_line_states_at_most_one_default(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"] if command else ["--help"])
+    text = capsys.readouterr().out
+    assert "usage: tuner" in text
+    for entry in _help_entries(text):
+        assert entry.count("default:") <= 1, f"tuner {command} --help: {entry}"
+    if command == "train":
+        assert "(default: runs/train-YYYYmmdd-HHMMSS)" in " ".join(text.split()).replace("- ", "-")
+        assert "(default: None)" not in " ".join(e for e in _help_entries(text) if "--data" in e)  # required

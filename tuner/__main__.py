@@ -22,8 +22,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds `(default: X)` to each flag's help unless the help already states its default (one per line) or
+    the flag is required (it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:  # the hook this formatter exists for
+        if action.required or (action.help and "default:" in action.help):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
-    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
+    return _DefaultsFormatter(prog, max_help_position=32)
 
 
 def build_parser() -> argparse.ArgumentParser:
