@@ -1,4 +1,5 @@
-"""What the command line prints: a setting that loses says so, one default per --help line."""
+"""What the command line prints: a setting that loses says so, one default per --help line, exports
+named by their format."""
 
 import json
 import re
@@ -7,6 +8,7 @@ import pytest
 
 from tuner.__main__ import COMMANDS, main
 from tuner.runs.settings import settings_under_flags
+from tuner.serve.export import FORMAT_NAMES, FORMATS
 from tuner.train.config import make_config, override_notes
 from tuner.train.demo_data import write_demo_data
 
@@ -102,3 +104,8 @@ def test_every_help_line_states_at_most_one_default(command, capsys):
     if command == "train":
         assert "(default: runs/train-YYYYmmdd-HHMMSS)" in " ".join(text.split()).replace("- ", "-")
         assert "(default: None)" not in " ".join(e for e in _help_entries(text) if "--data" in e)  # required
+
+
+def test_every_export_format_has_a_name():
+    assert set(FORMAT_NAMES) == set(FORMATS)
+    assert FORMAT_NAMES["export"] == "torch.export program"

@@ -301,12 +301,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .serve.export import TORCHSCRIPT_DEPRECATED, export_model
+    from .serve.export import FORMAT_NAMES, TORCHSCRIPT_DEPRECATED, export_model
 
     metadata = export_model(args.run, args.format, args.out)
     if args.format == "torchscript":  # one line of ours instead of torch's three multi-line FutureWarnings;
         print(f"tuner: note: {TORCHSCRIPT_DEPRECATED}", file=sys.stderr)  # after: an error stays one line
-    print(f"exported {args.format}: {args.out}")
+    print(f"exported {FORMAT_NAMES[args.format]}: {args.out}")
     print(f"  input: {metadata['input']}, {metadata['image_size']} px (resize the shorter side to "
           f"{metadata['resize']}, centre crop); normalisation inside the model")
     print(f"  classes: {', '.join(metadata['classes'])}; weights: {metadata['weights']['name']}")
