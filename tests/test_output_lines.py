@@ -1,16 +1,20 @@
-"""What the command line prints: a setting that loses says so, one default per --help line, exports
-named by their format."""
+"""What the command line prints: a setting that loses says so, one default per --help line, no download
+line where nothing can be downloaded, exports named by their format."""
 
 import json
 import re
+import socket
+import threading
 
 import pytest
 
 from tuner.__main__ import COMMANDS, main
+from tuner.errors import UserError
 from tuner.runs.settings import settings_under_flags
 from tuner.serve.export import FORMAT_NAMES, FORMATS
 from tuner.train.config import make_config, override_notes
 from tuner.train.demo_data import write_demo_data
+from tuner.train.model import build_model
 
 TINY = {"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 16}
 
@@ -109,3 +113,46 @@ def test_every_help_line_states_at_most_one_default(command, capsys):
 def test_every_export_format_has_a_name():
     assert set(FORMAT_NAMES) == set(FORMATS)
     assert FORMAT_NAMES["export"] == "torch.export program"
+
+
+@pytest.fixture
+def empty_torch_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch"
+
+
+def test_offline_imagenet_weights_print_no_download_line(empty_torch_home, monkeypatch, capsys):
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # a dead proxy: offline with or without internet
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    with pytest.raises(UserError, match=r"not in the cache at .* \(127.0.0.1:9 is not reachable"):
+        build_model(make_config({**TINY, "weights": "imagenet"}), num_classes=3)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""  # the UserError is the one line the caller prints
+
+
+@pytest.fixture
+def closing_proxy():
+    """A proxy that accepts a connection and closes it: reachable, yet no download comes through."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def test_a_failed_download_prints_our_line_not_torchs(empty_torch_home, closing_proxy, monkeypatch, capsys):
+    monkeypatch.setenv("https_proxy", closing_proxy)
+    monkeypatch.setenv("HTTPS_PROXY", closing_proxy)
+    with pytest.raises(UserError, match="could not be downloaded"):
+        build_model(make_config({**TINY, "weights": "imagenet"}), num_classes=3)
+    captured = capsys.readouterr()
+    assert "Downloading" not in captured.out + captured.err
+    assert captured.err.startswith("downloading ImageNet weights for resnet18") and captured.err.count("\n") == 1
