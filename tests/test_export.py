@@ -142,14 +142,17 @@ def test_read_metadata_refuses_files_that_are_not_exports(run, tmp_path):
 def test_cli_exports_pt2_and_marks_torchscript_deprecated(run, tmp_path, capsys):
     assert main(["export", str(run), "--format", "export", "--out", str(tmp_path / "model.pt2")]) == 0
     captured = capsys.readouterr()
-    assert f"exported export: {tmp_path / 'model.pt2'}" in captured.out and "deprecated" not in captured.err
+    assert f"exported torch.export program: {tmp_path / 'model.pt2'}" in captured.out
+    assert "deprecated" not in captured.err
     assert read_metadata(tmp_path / "model.pt2")["classes"] == torch.load(
         run / "best" / "model.pt", weights_only=True)["classes"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch's own jit FutureWarnings stay hidden: the note says it once
         assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "model.pt")]) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert err.count("\n") == 1 and "TorchScript is deprecated" in err and "--format export" in err
+    assert f"exported TorchScript module: {tmp_path / 'model.pt'}" in captured.out
     # A refused TorchScript export is its error alone, without the note.
     assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -22,8 +22,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds `(default: X)` to each flag's help unless the help already states its default (one per line) or
+    the flag is required (it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:  # the hook this formatter exists for
+        if action.required or (action.help and "default:" in action.help):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
-    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
+    return _DefaultsFormatter(prog, max_help_position=32)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,18 +202,27 @@ def _resumable_checkpoint(out: Path) -> dict:
 
 
 def _train_config(args: argparse.Namespace, saved: dict | None):
-    """The run's config: --config then --set; on --resume the saved one, where only its length may change."""
-    from .train.config import load_config_file, make_config, parse_assignments
+    """The run's config: --config then --set; on --resume the saved one, where only its length may change.
 
-    values = load_config_file(args.config) if args.config else {}
-    values.update(parse_assignments(args.set))
-    if saved is None:
-        return make_config(values)
-    changed = sorted(k for k, v in values.items() if k not in ("epochs", "steps") and saved["config"].get(k) != v)
-    if changed:
-        raise UserError(f"--resume keeps the run's hyperparameters, but {', '.join(changed)} differ; "
-                        f"only epochs or steps may change (start a new --out to train another configuration)")
-    return make_config({**saved["config"], **values})
+    Prints a note for each hyperparameter given that another one overrides (epochs when steps is set).
+    """
+    from .train.config import load_config_file, make_config, override_notes, parse_assignments
+
+    from_file = load_config_file(args.config) if args.config else {}
+    from_flags = parse_assignments(args.set)
+    values = {**from_file, **from_flags}
+    defaults = make_config().to_dict()  # a best/config.json carries every field: its defaults were not chosen
+    given = {k: "--config" for k, v in from_file.items() if defaults.get(k) != v} | {k: "--set" for k in from_flags}
+    if saved is not None:
+        changed = sorted(k for k, v in values.items() if k not in ("epochs", "steps") and saved["config"].get(k) != v)
+        if changed:
+            raise UserError(f"--resume keeps the run's hyperparameters, but {', '.join(changed)} differ; "
+                            f"only epochs or steps may change (start a new --out to train another configuration)")
+        values = {**saved["config"], **values}
+    config = make_config(values)
+    for note in override_notes(config, given, otherwise="the run's checkpoint" if saved else "the defaults"):
+        print(f"tuner train: note: {note}", file=sys.stderr)
+    return config
 
 
 def _print_run_header(trainer, splits) -> None:
@@ -282,12 +301,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .serve.export import TORCHSCRIPT_DEPRECATED, export_model
+    from .serve.export import FORMAT_NAMES, TORCHSCRIPT_DEPRECATED, export_model
 
     metadata = export_model(args.run, args.format, args.out)
     if args.format == "torchscript":  # one line of ours instead of torch's three multi-line FutureWarnings;
         print(f"tuner: note: {TORCHSCRIPT_DEPRECATED}", file=sys.stderr)  # after: an error stays one line
-    print(f"exported {args.format}: {args.out}")
+    print(f"exported {FORMAT_NAMES[args.format]}: {args.out}")
     print(f"  input: {metadata['input']}, {metadata['image_size']} px (resize the shorter side to "
           f"{metadata['resize']}, centre crop); normalisation inside the model")
     print(f"  classes: {', '.join(metadata['classes'])}; weights: {metadata['weights']['name']}")

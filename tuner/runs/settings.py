@@ -157,6 +157,32 @@ class RunSettings:
             raise UserError(f"grace_period ({self.grace_period}) must be <= {longest[0]} ({longest[1]})")
 
 
+# A budget flag replaces the space file's whole budget, in either unit: these go together.
+BUDGET = ("max_steps", "max_epochs", "grace_period")
+
+
+def settings_under_flags(space_settings: dict[str, Any], given: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The run settings in force: the space file's SETTINGS, then the flags `given` (those not None).
+
+    Returns them and one line for each SETTINGS value that a flag of another name overrides, naming both:
+    --max-epochs replaces SETTINGS' max_steps (and grace_period, counted in the old unit).
+    """
+    notes = []
+    budget_flags = [name for name in ("max_steps", "max_epochs") if name in given]
+    chosen = dict(space_settings)
+    if budget_flags:
+        winner = " and ".join(f"{flag(_field(name))} {given[name]}" for name in budget_flags)
+        for name in BUDGET:
+            if name in chosen and name not in given:
+                value = chosen.pop(name)
+                remedy = (f"pass {flag(_field(name))} to set one" if name == "grace_period"
+                          else f"pass {flag(_field(name))} {value} instead to keep it")
+                notes.append(f"{name}={value} from the space's SETTINGS ignored: {winner} replaces the space's "
+                             f"budget; {remedy}")
+    chosen.update(given)
+    return chosen, notes
+
+
 def _field(name: str) -> Field:
     return next(item for item in fields(RunSettings) if item.name == name)
 

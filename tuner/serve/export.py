@@ -28,6 +28,8 @@ from ..train.evaluation import load_trained
 
 FORMATS = ("export", "onnx", "torchscript")  # export: torch.export's ExportedProgram in a .pt2 file
 SUFFIXES = {"export": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}
+# What each format's file holds, as `tuner export` names it: `exported torch.export program: model.pt2`.
+FORMAT_NAMES = {"export": "torch.export program", "onnx": "ONNX model", "torchscript": "TorchScript module"}
 EXPORT_FORMAT = "tuner.export/1"  # bumped when the metadata's meaning changes, not when the module moves
 METADATA_FILE = "preprocessing.json"  # extra file of a .pt2 or TorchScript archive
 METADATA_KEY = "preprocessing"  # ONNX metadata_props key

@@ -312,6 +312,28 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
     return values
 
 
+# (loser, winner, how to let the loser count): a winner that is not None decides alone; {value} is the loser's.
+OVERRIDES = (
+    ("epochs", "steps", "pass --set steps=N for another length, or --set steps=none to train epochs={value}"),
+    ("lr_backbone_ratio", "lr_layer4", "pass --set lr_layer4=none to use lr_backbone_ratio={value}"),
+)
+
+
+def override_notes(config: TrainConfig, given: dict[str, str], otherwise: str = "the defaults") -> list[str]:
+    """One line per hyperparameter the user gave that another one overrides in `config`, naming both.
+
+    `given` maps each name the user set to where it came from (`--set`, `--config`); a loser is reported
+    only when it is there, so values nobody chose stay quiet. A winner not in `given` came from `otherwise`.
+    """
+    notes = []
+    for loser, winner, remedy in OVERRIDES:
+        value, wins = getattr(config, loser), getattr(config, winner)
+        if loser in given and wins is not None:
+            notes.append(f"{loser}={value} ignored: {winner}={wins} from {given.get(winner, otherwise)} wins; "
+                         + remedy.format(value=value))
+    return notes
+
+
 def make_config(values: dict[str, Any] | None = None) -> TrainConfig:
     """A TrainConfig from a dict, with unknown keys and bad values reported as UserError."""
     values = dict(values or {})

@@ -7,8 +7,14 @@ Stages, from the input upwards: stem (conv1 + bn1), layer1 .. layer4, then the h
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import io
+import socket
+import sys
+import urllib.parse
+import urllib.request
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -159,19 +165,47 @@ def imagenet_cache_path(name: str) -> tuple[Any, Path]:
 
 
 def _imagenet_state_dict(name: str) -> tuple[dict, Path, str]:
+    """torchvision's ImageNet weights for `name`: from torch's hub cache, else downloaded into it.
+
+    The cache is asked first and the download tried only where its host (or proxy) answers, so offline
+    nothing is printed that reads as a download in progress: the caller's UserError says what happens.
+    """
     weights, path = imagenet_cache_path(name)
+    unreachable = None if path.is_file() else unreachable_reason(weights.url)
+    if unreachable is None:
+        if not path.is_file():
+            print(f"downloading ImageNet weights for {name} ({weights}) into {path}", file=sys.stderr, flush=True)
+        try:
+            # torchvision's own download-and-cache path (TORCH_HOME/hub/checkpoints), hash checked on download;
+            # its `Downloading: "https://..."` line on stdout is replaced by ours above.
+            with contextlib.redirect_stdout(io.StringIO()):
+                state = torch.hub.load_state_dict_from_url(
+                    weights.url, progress=False, check_hash=True, weights_only=True, map_location="cpu"
+                )
+            return state, path, f"imagenet:{weights.name}"
+        except OSError as err:  # DNS failure, HTTP error, a dead proxy, disk full
+            unreachable = str(getattr(err, "reason", err))
+    raise UserError(
+        f"ImageNet weights for {name} ({weights}) are not in the cache at {path} and could not be "
+        f"downloaded ({unreachable}); put the file there, pass weights=PATH to a "
+        f"local file, or use weights=none for random initialisation"
+    )
+
+
+def unreachable_reason(url: str, timeout: float = 5.0) -> str | None:
+    """None when a connection to `url`'s host, or to the proxy urllib would use for it, opens; else why not."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        target = urllib.parse.urlsplit(proxy if "//" in proxy else f"//{proxy}")
+        host, port = target.hostname, target.port or 80
+    else:
+        host, port = parts.hostname, parts.port or 443
     try:
-        # torchvision's own download-and-cache path (TORCH_HOME/hub/checkpoints), hash checked on download.
-        state = torch.hub.load_state_dict_from_url(
-            weights.url, progress=False, check_hash=True, weights_only=True, map_location="cpu"
-        )
-    except OSError as err:  # offline, DNS failure, HTTP error, disk full
-        raise UserError(
-            f"ImageNet weights for {name} ({weights}) are not in the cache at {path} and could not be "
-            f"downloaded ({getattr(err, 'reason', err)}); put the file there, pass weights=PATH to a "
-            f"local file, or use weights=none for random initialisation"
-        ) from None
-    return state, path, f"imagenet:{weights.name}"
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as err:  # no DNS, no route, refused, timed out
+        return f"{host}:{port} is not reachable: {err.strerror or err}"
 
 
 def _file_state_dict(path: Path, name: str) -> dict:
