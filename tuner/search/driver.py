@@ -24,7 +24,7 @@ from ..errors import UserError, first_line
 from ..internals import listen_on_loopback_only, restored_tune_config, restoring_search
 from ..runs.budget import SearchBudget
 from ..runs.run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, read_run_record
-from ..runs.settings import RunSettings, recorded_settings
+from ..runs.settings import RunSettings, recorded_settings, settings_under_flags
 from ..runs.storage import exists, is_uri, local_data, run_location, staged
 from ..train import folders
 from ..train.checkpoint import recover_best, save_json
@@ -45,11 +45,10 @@ PORTFOLIO = 3
 def settings_for(space: SearchSpace, flags: dict[str, Any]) -> RunSettings:
     """Defaults, then the space file's SETTINGS, then the flags given on the command line."""
     names = {f.name for f in fields(RunSettings)}
-    chosen = {k: v for k, v in space.settings.items() if k in names}
-    given = {k: v for k, v in flags.items() if v is not None}
-    if {"max_steps", "max_epochs"} & set(given):  # a budget flag replaces the space's budget, in either unit
-        chosen = {k: v for k, v in chosen.items() if k not in ("max_steps", "max_epochs", "grace_period")}
-    chosen.update(given)
+    chosen, notes = settings_under_flags({k: v for k, v in space.settings.items() if k in names},
+                                         {k: v for k, v in flags.items() if v is not None})
+    for note in notes:  # a budget flag replaces the space's whole budget, in either unit
+        print(f"tuner: note: {note}", file=sys.stderr)
     settings = RunSettings(**chosen)
     settings.check()
     return settings
