@@ -38,6 +38,7 @@ BUDGET_ROUNDS = 3  # a report an epoch, 3 epochs of 2 steps
 # epoch (the first trial's three epochs and the second's first pass by), so one trial has finished.
 STOPS = {
     "SIGINT in an epoch": ("sigint@epoch=2,step=1,after=1", 130),
+    "Ctrl-C (SIGINT to the process group) in an epoch": ("ctrlc@epoch=2,step=1,after=1", 130),
     "SIGINT twice in an epoch": ("sigint@epoch=2,step=1,after=1,times=2", 130),
     "SIGTERM in an epoch": ("sigterm@epoch=2,step=1,after=1", 143),
     "SIGINT during the export": ("sigint@point=export", 130),

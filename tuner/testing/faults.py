@@ -18,7 +18,8 @@ module (a search's driver and trials; a test), for faults without NAME=VALUE. KI
              this process
     sigint, sigterm
              send that signal to the driver (the process named in TUNER_FAULT_DIR/search.pgid, the leader of
-             its session), as Ctrl-C or a batch scheduler does, and go on
+             its session), as `kill -INT` or a batch scheduler does, and go on
+    ctrlc    send SIGINT to the driver's whole process group, as Ctrl-C in a terminal does, and go on
 Each fault fires at most N times (default 1) over the whole search, after letting its first K
 occasions pass (default 0): TUNER_FAULT_DIR (required) holds one marker file per occasion, so a
 retried trial or a resumed search runs clean. Ray workers on the local node inherit the driver's
@@ -39,7 +40,7 @@ import torch
 
 from ..train import checkpoint as checkpoint_files
 
-KINDS = ("raise", "kill", "oom", "corrupt", "crash", "eio", "sigint", "sigterm")
+KINDS = ("raise", "kill", "oom", "corrupt", "crash", "eio", "sigint", "sigterm", "ctrlc")
 SIGNALS = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
 POINTS = ("checkpoint", "export", "read", "swap")
 TRAINER_STATE = "trainer.pt"  # trainable.TRAINER_STATE (imported from there, it would be a cycle)
@@ -134,6 +135,9 @@ def _fire(fault: dict[str, Any]) -> None:
         raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} (injected by TUNER_FAULT at {where})")
     if fault["kind"] in SIGNALS:
         os.kill(int((Path(os.environ["TUNER_FAULT_DIR"]) / "search.pgid").read_text()), SIGNALS[fault["kind"]])
+        return
+    if fault["kind"] == "ctrlc":
+        os.killpg(int((Path(os.environ["TUNER_FAULT_DIR"]) / "search.pgid").read_text()), signal.SIGINT)
         return
     if fault["kind"] == "oom":
         raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB (injected at {where})")
