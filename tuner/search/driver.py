@@ -47,10 +47,10 @@ def settings_for(space: SearchSpace, flags: dict[str, Any]) -> RunSettings:
     names = {f.name for f in fields(RunSettings)}
     chosen, notes = settings_under_flags({k: v for k, v in space.settings.items() if k in names},
                                          {k: v for k, v in flags.items() if v is not None})
-    for note in notes:  # a budget flag replaces the space's whole budget, in either unit
-        print(f"tuner: note: {note}", file=sys.stderr)
     settings = RunSettings(**chosen)
     settings.check()
+    for note in notes:  # after the checks: bad input is one line. A budget flag replaces the space's budget
+        print(f"tuner: note: {note}", file=sys.stderr)
     return settings
 
 
