@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,9 @@ def trial_rows(grid, settings, searched: list[str], budget: SearchBudget,
         metrics, config = result.metrics or {}, result.config or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
         status = trial_status(result, budget, ended=ended is None or trial_id in ended)
-        row = outcomes.trial_row(trial_id, metrics, history(result), status=status,
-                                 error=trial_error(result), metric=settings.metric, mode=settings.mode)
+        row = outcomes.trial_row(trial_id, metrics, history(result), number=config.get(outcomes.NUMBER),
+                                 status=status, error=trial_error(result), metric=settings.metric,
+                                 mode=settings.mode)
         rows.append({**row, **{name: config.get(name) for name in hyperparameters}})
     return rows
 
@@ -257,7 +259,7 @@ def export_results(grid, run_dir: Path, settings, searched: list[str], splits: f
         selection_columns(rows, delivery, payload["metrics"]["trial_id"])
         write_table(rows, run_dir / "trials.parquet")
     print_summary(rows, payload, location or str(run_dir), settings, searched)
-    print_selection(delivery.selection, payload)
+    print_selection(delivery.selection, payload, rows)
     if settings.keep_checkpoints == "best" and ended is None:
         best_trial = payload["metrics"]["trial_id"] if payload else None
         dropped, size = drop_finished_checkpoints(grid, rows, keep=best_trial)
@@ -299,19 +301,21 @@ def print_summary(rows, payload, location: str, settings, searched: list[str], t
     print(f"\n{len(rows)} trials: {counts['completed']} completed, {counts['stopped_early']} stopped early by "
           f"ASHA, {diverged}{counts['errored']} errored{interrupted}; {sum(r['steps'] for r in rows)} trial-steps, "
           f"{sum(r['epochs_run'] for r in rows)} trial-epochs")
+    name = _namer(rows)
     for row in rows:
         if row["error"]:
-            print(f"  {row['trial_id']} {row['status']}: {row['error']}")
+            print(f"  {name(row['trial_id'])} {row['status']}: {row['error']}")
         if row["warning"]:
-            print(f"  {row['trial_id']} {row['warning']}")
+            print(f"  {name(row['trial_id'])} {row['warning']}")
     print(f"top trials by {metric}:")
+    width = max((len(name(row["trial_id"])) for row in done[:top]), default=0)
     for row in done[:top]:
         params = ", ".join(f"{k}={_short(row[k])}" for k in searched if row[k] is not None)
-        print(f"  {row['trial_id']}  {metric} {row[metric]:.4f}  steps {row['steps']:>5}  {params}")
+        print(f"  {name(row['trial_id']):<{width}}  {metric} {row[metric]:.4f}  steps {row['steps']:>5}  {params}")
     if payload is None:
         print("no trial reported a result; nothing exported")
         return
-    print(f"delivered: trial {payload['metrics']['trial_id']} epoch {payload['epoch']}, {metric} "
+    print(f"delivered: {name(payload['metrics']['trial_id'])} epoch {payload['epoch']}, {metric} "
           f"{payload['metrics'][metric]:.4f}" + (f", test_acc {payload['metrics']['test_acc']:.4f}"
                                                   if "test_acc" in payload["metrics"] else ""))
     print(f"  why: {payload['metrics']['selection']}")
@@ -320,15 +324,24 @@ def print_summary(rows, payload, location: str, settings, searched: list[str], t
     print(f"best model: {best}" + ("" if "://" in location else f"  (tuner predict --model {best} IMAGE)"))
 
 
-def print_selection(selection: Selection | None, payload: dict[str, Any] | None) -> None:
+def print_selection(selection: Selection | None, payload: dict[str, Any] | None, rows: list[dict[str, Any]]) -> None:
     """When trials are within noise of the best: which, with their intervals (print_summary says which was
-    delivered and why)."""
+    delivered and why). `rows` (trials.parquet's) give the trials' numbers."""
     if payload is None or selection is None or len(selection.within_noise()) < 2:
         return
-    print(f"within noise of the best (trial {selection.comparisons[0].trial_id}) on the validation images: "
+    name = _namer(rows)
+    print(f"within noise of the best ({name(selection.comparisons[0].trial_id)}) on the validation images: "
           f"accuracy, McNemar p, 95% interval of the accuracy difference:")
+    width = max(len(name(c.trial_id)) for c in selection.within_noise())
     for c in selection.within_noise():
-        print(f"  {c.trial_id}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}  [{c.diff_low:+.4f}, {c.diff_high:+.4f}]")
+        print(f"  {name(c.trial_id):<{width}}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}  "
+              f"[{c.diff_low:+.4f}, {c.diff_high:+.4f}]")
+
+
+def _namer(rows: list[dict[str, Any]]) -> Callable[[str], str]:
+    """trial id -> `trial N (id)` (outcomes.trial_name), numbered as in `rows`."""
+    numbers = {row["trial_id"]: row[outcomes.NUMBER] for row in rows}
+    return lambda trial_id: outcomes.trial_name(numbers.get(trial_id), trial_id)
 
 
 def _short(value: Any) -> str:
