@@ -71,7 +71,8 @@ def history(result) -> list[dict[str, Any]]:
 
 def trial_rows(grid, settings, searched: list[str], budget: SearchBudget,
                ended: set[str] | None = None) -> list[dict[str, Any]]:
-    """One row per trial (outcomes.trial_row), with every hyperparameter any trial has (null where not).
+    """One row per trial (outcomes.trial_row) in order of number, with every hyperparameter any trial has (null
+    where not).
 
     `ended`: the trials that ended in a search that was interrupted (None: the search ended, and every trial
     with it); the others are `interrupted`.
@@ -87,7 +88,8 @@ def trial_rows(grid, settings, searched: list[str], budget: SearchBudget,
                                  status=status, error=trial_error(result), metric=settings.metric,
                                  mode=settings.mode)
         rows.append({**row, **{name: config.get(name) for name in hyperparameters}})
-    return rows
+    # In order of number: Ray's grid of a resumed search lists its restored trials in another order.
+    return sorted(rows, key=lambda row: (row[outcomes.NUMBER] is None, row[outcomes.NUMBER] or 0))
 
 
 def epoch_rows(grid) -> list[dict[str, Any]]:
@@ -104,11 +106,15 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> None:
 def ranked_checkpoints(grid, metric: str, mode: str) -> list[tuple[Any, dict[str, Any]]]:
     """Every kept checkpoint of every trial with its epoch's metrics, best first (non-finite left out).
 
-    Each trial keeps its best epoch's checkpoint, so the first is the search's best epoch.
+    Each trial keeps its best epoch's checkpoint, so the first is the search's best epoch. Trials that tie
+    go by trial id, as the selection's candidates do (_candidates): not by the grid's order, which a resume
+    changes, so a resumed search's export delivers the same trial as before, not one whose checkpoints
+    the earlier export deleted.
     """
     kept = [(checkpoint, metrics) for result in grid for checkpoint, metrics in (result.best_checkpoints or [])
             if has_result(metrics.get(metric))]
-    return sorted(kept, key=lambda pair: pair[1][metric], reverse=mode == "max")
+    sign = -1 if mode == "max" else 1
+    return sorted(kept, key=lambda pair: (sign * pair[1][metric], pair[1].get("trial_id") or ""))
 
 
 # Trials compared with the best: the top of the ranking, where a near-tie can be; more would only add
@@ -330,7 +336,7 @@ def print_selection(selection: Selection | None, payload: dict[str, Any] | None,
     if payload is None or selection is None or len(selection.within_noise()) < 2:
         return
     name = _namer(rows)
-    print(f"within noise of the best ({name(selection.comparisons[0].trial_id)}) on the validation images: "
+    print(f"within noise of the best, {name(selection.comparisons[0].trial_id)}, on the validation images: "
           f"accuracy, McNemar p, 95% interval of the accuracy difference:")
     width = max(len(name(c.trial_id)) for c in selection.within_noise())
     for c in selection.within_noise():

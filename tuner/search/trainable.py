@@ -1,6 +1,8 @@
 """The Ray Tune trial function: a thin wrapper that runs the Trainer and reports every round of epochs.
 
-Data and run settings are bound with `tune.with_parameters`, never put in the hyperparameter dict.
+Data and run settings are bound with `tune.with_parameters`, never put in the hyperparameter dict. That
+dict, Ray's config, holds one more key than the hyperparameters: the trial's number (runs/outcomes.NUMBER,
+given by the searcher, study.py), which every report carries and TrainConfig never sees.
 
 How a trial meets faults: a crash (an exception, a killed process, a lost node) fails the trial and Ray
 restarts it from its latest checkpoint, up to `--max-failures` times; a damaged checkpoint is skipped
