@@ -179,7 +179,7 @@ def test_export_skips_a_damaged_best_checkpoint_for_the_next_best(faulted, root,
     copy = tmp_path / "faults"
     shutil.copytree(run, copy, copy_function=os.link)  # hard links: damage by replacing, never in place
     grid = ResultGrid(ExperimentAnalysis(str(copy)))
-    (best, _), (_, second_metrics), *_ = ranked_checkpoints(grid, "val_acc", "max")
+    (best, best_metrics), (_, second_metrics), *_ = ranked_checkpoints(grid, "val_acc", "max")
     damaged = Path(best.path) / TRAINER_STATE
     content = bytearray(damaged.read_bytes())
     content[len(content) // 2] ^= 0xFF
@@ -189,7 +189,10 @@ def test_export_skips_a_damaged_best_checkpoint_for_the_next_best(faulted, root,
     payload = export_best(grid, tmp_path / "out", RunSettings(selection="highest"), folders.load_splits(root / "data"))
     assert f"warning: checkpoint {damaged} is damaged" in capsys.readouterr().err
     assert (payload["metrics"]["trial_id"], payload["epoch"]) == (second_metrics["trial_id"], second_metrics["epoch"])
-    assert json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())["epoch"] == second_metrics["epoch"]
+    delivered = json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())
+    assert delivered["epoch"] == second_metrics["epoch"]
+    assert delivered["selection"] == (f"the checkpoint of trial {best_metrics['number']} ({best_metrics['trial_id']}) "
+                                      f"is damaged: the next by val_acc")
 
 
 # --- damaged checkpoints, without Ray running ---

@@ -159,6 +159,12 @@ def choose_delivery(grid, settings, run_dir: Path | None = None) -> Delivery:
     return Delivery([first, *(pair for pair in ranked if pair is not first)], chosen.reason, chosen)
 
 
+def _checkpoint_name(ranked: list[tuple[Any, dict[str, Any]]], trial_id: str) -> str:
+    """`trial N (id)`, N as the trial's checkpoints report it."""
+    number = next((m.get(outcomes.NUMBER) for _, m in ranked if m.get("trial_id") == trial_id), None)
+    return outcomes.trial_name(number, trial_id)
+
+
 def _candidates(ranked: list[tuple[Any, dict[str, Any]]], settings, run_dir: Path | None) -> list[Candidate] | None:
     """The best checkpoint of each of the top trials with its per-image correctness, the best first; a trial
     whose checkpoint is gone (deleted by an earlier export) as run_dir's record of that export has it. None
@@ -219,8 +225,8 @@ def export_best(grid, run_dir: Path, settings, splits: folders.ImageSplits,
             state = load_trainer_state(checkpoint)
         except CorruptCheckpoint as err:
             print(f"warning: {err}; using the next best checkpoint", file=sys.stderr, flush=True)
-            reason = (f"the checkpoint of trial {delivery.order[0][1].get('trial_id')} is damaged: the next by "
-                      f"{settings.metric}")
+            damaged = _checkpoint_name(delivery.order, delivery.order[0][1].get("trial_id"))
+            reason = f"the checkpoint of {damaged} is damaged: the next by {settings.metric}"
             continue
         return _write_best(state, {**metrics, "selection": reason}, run_dir, splits)
     return None  # no trial reported a usable checkpoint
