@@ -115,7 +115,7 @@ def test_a_trial_failing_more_than_max_failures_is_errored_and_the_others_go_on(
     assert [r["epoch"] for r in reported(run, row)] == [1] and row["epochs_run"] == 1
     assert {p.name for p in (run.parent.parent / "markers").glob("fault1.*")} == {"fault1.0", "fault1.1"}
     assert trials[KILLED]["status"] == trials[CORRUPTED]["status"] == "completed"
-    assert f"{row['trial_id']} errored: injected fault" in output
+    assert f"trial {row['number']} ({row['trial_id']}) errored: injected fault" in output
     assert (run / "best" / "model.pt").is_file()
 
 
@@ -137,7 +137,7 @@ def test_a_nan_loss_ends_the_trial_as_diverged_without_retries(faulted):
     assert epoch["diverged"] is True and epoch["train_loss"] != epoch["train_loss"]
     assert str(pq.read_schema(run / "epochs.parquet").field("unfrozen_stages").type) == "int64"
     assert all(r["diverged"] is False for r in epochs_table(run, trials[KILLED]))
-    assert "1 diverged" in output and f"{row['trial_id']} diverged: training diverged" in output
+    assert "1 diverged" in output and f"trial {row['number']} ({row['trial_id']}) diverged: training diverged" in output
 
 
 @pytest.mark.slow
@@ -165,7 +165,8 @@ def test_a_damaged_latest_checkpoint_is_skipped_when_the_trial_resumes(faulted):
     assert [r["epoch"] for r in results] == [1, 2, *range(resumed_from + 1, 4)]
     table = epochs_table(run, row)  # an epoch trained twice keeps its last report
     assert [r["epoch"] for r in table] == [1, 2, 3] and table[resumed_from]["warning"] == warning
-    assert row["warning"] == warning and f"{row['trial_id']} {warning}" in output  # in the search's summary
+    # In the search's summary, under the trial's one name.
+    assert row["warning"] == warning and f"trial {row['number']} ({row['trial_id']}) {warning}" in output
 
 
 @pytest.mark.slow
@@ -178,7 +179,7 @@ def test_export_skips_a_damaged_best_checkpoint_for_the_next_best(faulted, root,
     copy = tmp_path / "faults"
     shutil.copytree(run, copy, copy_function=os.link)  # hard links: damage by replacing, never in place
     grid = ResultGrid(ExperimentAnalysis(str(copy)))
-    (best, _), (_, second_metrics), *_ = ranked_checkpoints(grid, "val_acc", "max")
+    (best, best_metrics), (_, second_metrics), *_ = ranked_checkpoints(grid, "val_acc", "max")
     damaged = Path(best.path) / TRAINER_STATE
     content = bytearray(damaged.read_bytes())
     content[len(content) // 2] ^= 0xFF
@@ -188,7 +189,10 @@ def test_export_skips_a_damaged_best_checkpoint_for_the_next_best(faulted, root,
     payload = export_best(grid, tmp_path / "out", RunSettings(selection="highest"), folders.load_splits(root / "data"))
     assert f"warning: checkpoint {damaged} is damaged" in capsys.readouterr().err
     assert (payload["metrics"]["trial_id"], payload["epoch"]) == (second_metrics["trial_id"], second_metrics["epoch"])
-    assert json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())["epoch"] == second_metrics["epoch"]
+    delivered = json.loads((tmp_path / "out" / "best" / "metrics.json").read_text())
+    assert delivered["epoch"] == second_metrics["epoch"]
+    assert delivered["selection"] == (f"the checkpoint of trial {best_metrics['number']} ({best_metrics['trial_id']}) "
+                                      f"is damaged: the next by val_acc")
 
 
 # --- damaged checkpoints, without Ray running ---

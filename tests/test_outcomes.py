@@ -58,12 +58,13 @@ def test_the_best_epoch_of_a_tie_is_the_later_one_as_ray_keeps_its_checkpoint(tm
     assert best_report([{"epoch": 1, "val_acc": math.nan}], "val_acc", "max") is None
 
 
-def _trial_folder(run, trial_id, accuracies, **last):
-    """RUN/trial_<id>/ as Ray writes it while the search runs: result.json (one line a report), params.json."""
+def _trial_folder(run, trial_id, number, accuracies, **last):
+    """RUN/trial_<id>/ as Ray writes it while the search runs: result.json (one line a report), params.json;
+    `number` in the config as the searcher puts it there, and in each report as the trainable does."""
     folder = run / f"trial_{trial_id}"
     folder.mkdir(parents=True)
-    config = {"lr_head": 1e-3, "aug_strength": 0.1}
-    lines = [{"trial_id": trial_id, "training_iteration": i, "epoch": i, "step": i, "budget_steps": i,
+    config = {"lr_head": 1e-3, "aug_strength": 0.1, "number": number}
+    lines = [{"trial_id": trial_id, "number": number, "training_iteration": i, "epoch": i, "step": i, "budget_steps": i,
               "val_acc": acc, "val_loss": 1 - acc, "train_loss": 1.0, "time_total_s": 10.0 * i,
               "reported_at": 1000.0 + i, "diverged": False, "done": False, "config": config}
              for i, acc in enumerate(accuracies, 1)]
@@ -88,9 +89,9 @@ def test_a_running_report_and_the_finished_table_agree_on_a_trials_row(tmp_path)
     from tuner.search.results import trial_rows
 
     run = tmp_path / "run"
-    folders = [_trial_folder(run, "tie", [0.5, 0.7, 0.7]),  # a tie: the later epoch is the best
-               _trial_folder(run, "early", [0.2, 0.3], done=True),
-               _trial_folder(run, "nan", [0.4, math.nan], diverged=True, train_loss=math.nan, done=True)]
+    folders = [_trial_folder(run, "tie", 1, [0.5, 0.7, 0.7]),  # a tie: the later epoch is the best
+               _trial_folder(run, "early", 2, [0.2, 0.3], done=True),
+               _trial_folder(run, "nan", 3, [0.4, math.nan], diverged=True, train_loss=math.nan, done=True)]
     (run / "tuner.json").write_text(json.dumps(RECORD))
     with open_run(str(run)) as running:
         assert not running.finished
@@ -102,6 +103,7 @@ def test_a_running_report_and_the_finished_table_agree_on_a_trials_row(tmp_path)
     for trial_id, row in finished.items():
         assert list(row)[:len(TRIAL_COLUMNS)] == list(TRIAL_COLUMNS)
         assert {k: reported[trial_id][k] for k in row} == row, trial_id
+    assert [finished[trial_id]["number"] for trial_id in ("tie", "early", "nan")] == [1, 2, 3]
     assert (finished["tie"]["best_epoch"], finished["tie"]["status"]) == (3, "completed")
     assert (finished["early"]["best_epoch"], finished["early"]["status"]) == (2, "stopped_early")
     assert (finished["nan"]["best_epoch"], finished["nan"]["status"]) == (1, "diverged")
@@ -109,10 +111,10 @@ def test_a_running_report_and_the_finished_table_agree_on_a_trials_row(tmp_path)
 
 
 def test_a_trial_row_before_the_first_report():
-    row = trial_row("a", {}, [], status="running", error=None, metric="val_acc", mode="max")
+    row = trial_row("a", {}, [], number=7, status="running", error=None, metric="val_acc", mode="max")
     assert list(row) == list(TRIAL_COLUMNS)
-    assert (row["epochs_run"], row["steps"], row["best_epoch"], row["val_acc"], row["warning"]) == (
-        0, 0, None, None, None)
+    assert (row["number"], row["epochs_run"], row["steps"], row["best_epoch"], row["val_acc"], row["warning"]) == (
+        7, 0, 0, None, None, None)
 
 
 def test_the_divergence_text_is_the_trainers():

@@ -6,15 +6,16 @@ from types import SimpleNamespace
 from tuner.search.progress import ProgressPrinter
 
 
-def trial(trial_id, status="RUNNING", spent=0):
+def trial(trial_id, status="RUNNING", spent=0, number=None):
+    """A Ray Trial as the printer reads it; `number` in its config as the searcher puts it there."""
     return SimpleNamespace(trial_id=trial_id, status=status, last_result={"budget_steps": spent},
-                           error_file=None)
+                           error_file=None, config={} if number is None else {"number": number, "lr_head": 0.01})
 
 
 def test_one_line_per_result_with_bests_and_counts():
     out = io.StringIO()
     printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=2, stream=out)
-    a, b = trial("a", spent=1), trial("b", status="TERMINATED", spent=1)
+    a, b = trial("a", spent=1, number=1), trial("b", status="TERMINATED", spent=1, number=2)
     printer.on_trial_result(0, [a, b], a, {"val_acc": 0.5, "budget_steps": 1, "epoch": 1})
     printer.on_trial_result(0, [a, b], a, {"val_acc": 0.4, "budget_steps": 2, "epoch": 2})
     lines = out.getvalue().splitlines()
@@ -34,15 +35,15 @@ def test_a_nan_or_missing_metric_does_not_crash_the_search():
 def test_a_diverged_trial_is_reported_and_counted_as_diverged_not_stopped_early():
     out = io.StringIO()
     printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=3, stream=out)
-    a, b = trial("a", status="TERMINATED", spent=2), trial("b", status="TERMINATED", spent=1)
-    c = trial("c", status="TERMINATED", spent=3)
+    a, b = trial("a", status="TERMINATED", spent=2, number=1), trial("b", status="TERMINATED", spent=1, number=2)
+    c = trial("c", status="TERMINATED", spent=3, number=3)
     a.last_result.update(diverged=True, train_loss=float("nan"))
     b.last_result.update(diverged=False)
     for t in (a, b, c):
         printer.on_trial_start(0, [a, b, c], t)
     printer.on_trial_complete(0, [a, b, c], a)
     printer.on_trial_complete(0, [a, b, c], b)
-    lines = out.getvalue().splitlines()
+    lines = out.getvalue().splitlines()[3:]  # after the start lines
     assert lines[0].startswith("trial 1 diverged (training loss nan) after 2 steps")
     assert "ASHA" not in lines[0]
     assert lines[0].endswith("| running 0, stopped early 1, done 1, diverged 1 of 3")
@@ -52,15 +53,16 @@ def test_a_diverged_trial_is_reported_and_counted_as_diverged_not_stopped_early(
 def test_no_diverged_count_while_no_trial_diverged():
     out = io.StringIO()
     printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=1, stream=out)
-    a = trial("a", status="TERMINATED", spent=3)
+    a = trial("a", status="TERMINATED", spent=3, number=1)
     printer.on_trial_complete(0, [a], a)
-    assert out.getvalue().strip().endswith("trial ? completed after 3 steps | running 0, stopped early 0, done 1 of 1")
+    assert out.getvalue().strip().endswith(
+        "trial 1 (a) completed after 3 steps | running 0, stopped early 0, done 1 of 1")
 
 
 def test_a_warning_in_a_result_gets_its_own_line():
     out = io.StringIO()
     printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=1, stream=out)
-    a = trial("a", spent=2)
+    a = trial("a", spent=2, number=1)
     warning = "checkpoint /x/checkpoint_000001/trainer.pt is damaged; resumed from epoch 1"
     printer.on_trial_result(0, [a], a, {"val_acc": 0.5, "budget_steps": 2, "epoch": 2, "warning": warning})
     printer.on_trial_result(0, [a], a, {"val_acc": 0.6, "budget_steps": 3, "epoch": 3})
@@ -87,13 +89,14 @@ RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 2
 def test_a_failed_trial_prints_its_error_not_a_path(tmp_path):
     out = io.StringIO()
     printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=1, stream=out)
-    a = trial("a", status="ERROR", spent=1)
+    a = trial("a", status="ERROR", spent=1, number=1)
     a.error_file = str(tmp_path / "error.txt")
     (tmp_path / "error.txt").write_text(ERROR_TXT)
     printer.on_trial_start(0, [a], a)
     printer.on_trial_error(0, [a], a)
-    assert out.getvalue().strip() == ("trial 1 failed after 1 steps: RuntimeError: injected fault (TUNER_FAULT) "
-                                      "at epoch 2, step 2 | running 0, stopped early 0, done 0, errored 1 of 1")
+    assert out.getvalue().strip().splitlines()[1] == (
+        "trial 1 failed after 1 steps: RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 2 | running 0, "
+        "stopped early 0, done 0, errored 1 of 1")
 
 
 def test_the_error_comes_from_ray_storage_when_there_is_no_local_file(tmp_path):
@@ -115,7 +118,7 @@ def test_a_retried_trial_says_so_with_its_failure_count(tmp_path):
     assert hasattr(tune.Callback, "on_trial_recover")  # the hook Ray calls before it retries a trial
     out = io.StringIO()
     printer = ProgressPrinter("val_acc", "max", budget_steps=3, trials=2, stream=out)
-    a, b = trial("a", status="PENDING", spent=1), trial("b", status="PENDING")
+    a, b = trial("a", status="PENDING", spent=1, number=1), trial("b", status="PENDING", number=2)
     a.error_file = str(tmp_path / "error.txt")
     (tmp_path / "error.txt").write_text(ERROR_TXT.split("Failure # 2")[0])
     a.num_failures, a.max_failures, a.checkpoint = 1, 2, object()
@@ -123,7 +126,8 @@ def test_a_retried_trial_says_so_with_its_failure_count(tmp_path):
     for t in (a, b):
         printer.on_trial_start(0, [a, b], t)
         printer.on_trial_recover(0, [a, b], t)
-    lines = out.getvalue().splitlines()
+        printer.on_trial_start(0, [a, b], t)  # the retry: no second start line
+    lines = out.getvalue().splitlines()[1::2]  # after each start line
     assert lines[0] == ("trial 1 failed, restarting from its last checkpoint (failure 1 of 2): "
                         "RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 1")
     assert lines[1] == "trial 2 failed, restarting from the start, no checkpoint yet (failure 3, no limit)"
@@ -152,8 +156,56 @@ def test_the_error_of_a_real_ray_trial_is_read_from_the_file_ray_writes(tmp_path
             real.handle_error(RayTaskError("ImplicitFunc.train", traceback.format_exc(), err, pid=1, ip="127.0.0.1"))
         hook(0, [real], real)
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("trial ? failed, restarting from the start, no checkpoint yet (failure 1 of 1): "
-                               "RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 1")
-    assert lines[1].startswith("trial ? failed after 0 steps: RuntimeError: injected fault (TUNER_FAULT) at "
-                               "epoch 2, step 2 |")
+    # A trial without a number (a run made before trials were numbered) is named by its id.
+    assert lines[0].startswith(f"trial {real.trial_id} failed, restarting from the start, no checkpoint yet "
+                               "(failure 1 of 1): RuntimeError: injected fault (TUNER_FAULT) at epoch 2, step 1")
+    assert lines[1].startswith(f"trial {real.trial_id} failed after 0 steps: RuntimeError: injected fault "
+                               "(TUNER_FAULT) at epoch 2, step 2 |")
     assert real.error_file not in out.getvalue()
+
+
+def test_the_counts_agree_with_the_event_on_their_line():
+    """Ray calls on_trial_start before it marks a trial RUNNING and on_trial_complete before TERMINATED."""
+    out = io.StringIO()
+    printer = ProgressPrinter("val_acc", "max", budget_steps=40, trials=4, stream=out)
+    a, b = trial("a", status="PENDING", number=1), trial("b", status="RUNNING", spent=20, number=2)
+    printer.on_trial_start(0, [a, b], a)  # a is still PENDING to Ray
+    a.status = "RUNNING"  # as Ray marks it next
+    printer.on_trial_complete(0, [a, b], b)  # b is still RUNNING to Ray: ASHA stopped it at 20 of 40 steps
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("trial   1 (a) started | running 2, stopped early 0, done 0 of 4")
+    assert lines[1] == "trial 2 (b) stopped early by ASHA after 20 steps | running 1, stopped early 1, done 0 of 4"
+
+
+def test_a_trial_is_named_by_the_number_in_its_config_with_its_id_once():
+    out = io.StringIO()
+    printer = ProgressPrinter("val_acc", "max", budget_steps=40, trials=5, stream=out)
+    d = trial("d", number=4)  # numbers are the searcher's (creation order), not the order trials start in
+    printer.on_trial_start(0, [d], d)
+    printer.on_trial_result(0, [d], d, {"val_acc": 0.5, "budget_steps": 20, "epoch": 1})
+    d.status, d.last_result = "TERMINATED", {"budget_steps": 40}
+    printer.on_trial_complete(0, [d], d)
+    lines = out.getvalue().splitlines()
+    assert "] trial   4 (d) started | running 1" in lines[0]
+    assert "] trial   4 step    20 (epoch   1): val_acc 0.5000" in lines[1]
+    assert lines[2].startswith("trial 4 completed after 40 steps")
+    assert all("(d)" not in line for line in lines[1:])
+
+
+def test_a_resumed_search_names_its_restored_trials_again_and_says_where_they_resume():
+    import pickle
+
+    printer = ProgressPrinter("val_acc", "max", budget_steps=40, trials=3)
+    first = trial("c", number=3)
+    printer.on_trial_start(0, [first], first)
+    restored = pickle.loads(pickle.dumps(printer))  # Ray restores callbacks from the pickled run
+    restored.stream = out = io.StringIO()
+    restored.setup(total_num_samples=5)  # `tuner resume --trials 2`
+    c = trial("c", status="PENDING", spent=20, number=3)
+    e = trial("e", status="PENDING", number=5)
+    restored.on_trial_start(0, [c, e], c)
+    c.status = "RUNNING"
+    restored.on_trial_start(0, [c, e], e)
+    lines = out.getvalue().splitlines()
+    assert "] trial   3 (c) resumed at step 20 | running 1, stopped early 0, done 0 of 5" in lines[0]
+    assert "] trial   5 (e) started | running 2, stopped early 0, done 0 of 5" in lines[1]

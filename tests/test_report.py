@@ -19,7 +19,7 @@ from tuner.errors import UserError
 from tuner.report.analysis import best_model_analysis
 from tuner.report.importance import param_importances
 from tuner.report.page import summary_lines, write_report
-from tuner.report.run import open_run, ranked
+from tuner.report.run import open_run, problems, ranked
 from tuner.train import folders
 
 FIGURES = ("best_so_far.png", "learning_curves.png", "importance.png", "hyperparameters.png", "parallel.png",
@@ -402,6 +402,21 @@ def test_diverged_and_failed_trials_are_counted_and_listed_with_their_errors(tmp
     assert "best: trial 1 (a) val_acc 0.6000 at epoch 3" == lines[1]
 
 
+def test_trials_are_named_and_ordered_by_the_number_column_not_by_start(tmp_path):
+    """trials.parquet's `number` (the order the search created its trials) names them, whatever order they
+    started in: d, created second, errored before its first report."""
+    numbers = {"a": 1, "d": 2, "b": 3, "c": 4, "e": 5}
+    run = _problem_run(tmp_path / "numbered", [{"number": numbers[t["trial_id"]], **t} for t in _problem_trials()])
+    with open_run(str(run)) as loaded:
+        assert [(t["number"], t["trial_id"]) for t in loaded.trials] == sorted((n, i) for i, n in numbers.items())
+        assert problems(loaded) == [
+            "trial 2 (d) errored: injected fault (TUNER_FAULT) at epoch 1, step 1",
+            f"trial 4 (c) diverged: {DIVERGED_ERROR}",
+            f"trial 5 (e) warning: {WARNING}",
+        ]
+        assert summary_lines(loaded)[1] == "best: trial 1 (a) val_acc 0.6000 at epoch 3"
+
+
 def test_a_run_made_before_the_epochs_run_column_is_reported_with_it(tmp_path):
     """trials.parquet named the epochs a trial ran `epochs` until it became `epochs_run`."""
     old = [{("epochs" if k == "epochs_run" else k): v for k, v in row.items()} for row in _problem_trials()]
@@ -482,9 +497,9 @@ def test_figures_leave_out_nan_points(tmp_path):
     curves = {"a": ("completed", [1, 2, 3], [0.4, 0.5, 0.6]), "c": ("diverged", [1, 2], [0.3, NAN]),
               "x": ("diverged", [1], [NAN])}  # diverged in its first epoch: nothing to draw
     figures.learning_curves(curves, "val_acc", [1, 2], tmp_path / "curves.png")
-    trials = [{"val_acc": 0.6, "status": "completed", "lr_head": 1e-3},
-              {"val_acc": NAN, "status": "diverged", "lr_head": 1e-2},
-              {"val_acc": None, "status": "errored", "lr_head": 1e-4}]
+    trials = [{"number": 1, "val_acc": 0.6, "status": "completed", "lr_head": 1e-3},
+              {"number": 2, "val_acc": NAN, "status": "diverged", "lr_head": 1e-2},
+              {"number": 3, "val_acc": None, "status": "errored", "lr_head": 1e-4}]
     figures.best_so_far(trials, [(1.0, 0.4), (2.0, NAN), (3.0, 0.6)], "val_acc", "max", tmp_path / "best.png")
     figures.metric_by_hyperparameter(trials, ["lr_head"], "val_acc", tmp_path / "hyper.png", log_scaled={"lr_head"})
     figures.parallel_coordinates(trials, ["lr_head"], "val_acc", tmp_path / "parallel.png", log_scaled={"lr_head"})

@@ -20,7 +20,9 @@ def test_the_portfolio_is_suggested_first_and_in_order_then_tpe_draws_inside_the
         assert suggestion["model"] == "resnet18"
         searcher.on_trial_complete(f"t{number}", {"val_acc": 0.5 + number / 10, "budget_steps": 1000})
     later = searcher.suggest("t-next")  # TPE now: a fresh configuration, inside the space
-    assert set(space.searched) <= set(later) and later not in [{**p, **space.fixed} for p in space.start]
+    assert later["number"] == len(space.start) + 1  # the trial's number (study.py), no hyperparameter
+    hyperparameters = {k: v for k, v in later.items() if k != "number"}
+    assert set(space.searched) <= set(later) and hyperparameters not in [{**p, **space.fixed} for p in space.start]
     assert 0 <= later["unfreeze_depth"] <= 4 and 1e-5 <= later["lr_head"] <= 1e-2
 
 

@@ -154,12 +154,15 @@ def test_best_checkpoints_hold_val_predictions_and_the_summary_names_the_deliver
         assert candidate.accuracy == pytest.approx(trials[candidate.trial_id]["val_acc"])
     selection = select(candidates)
     assert selection.delivered == metrics["trial_id"] and selection.reason == metrics["selection"]
-    assert f"delivered: trial {metrics['trial_id']} epoch {metrics['epoch']}" in output
+    number = trials[metrics["trial_id"]]["number"]  # the trial's one name, as its progress lines gave it
+    assert f"delivered: trial {number} ({metrics['trial_id']}) epoch {metrics['epoch']}" in output
+    assert f"trial {number:>3} ({metrics['trial_id']}) started" in output
     assert f"  why: {metrics['selection']}" in output
     if len(selection.within_noise()) > 1:
         assert "within noise of the best" in output
         for c in selection.within_noise():
-            assert f"  {c.trial_id}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}" in output
+            name = f"trial {trials[c.trial_id]['number']} ({c.trial_id})"  # 6 trials: one width
+            assert f"  {name}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}" in output
 
 
 def test_the_compute_choice_is_printed_recorded_and_used_by_the_trials(finished):

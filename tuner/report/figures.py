@@ -46,16 +46,17 @@ def _save(fig, path: Path):
 
 def best_so_far(trials: list[dict], points: list[tuple[float, float]], metric: str, mode: str,
                 path: Path) -> None:
-    """Best metric so far by trial number (`trials`: start order) and by minutes (`points`: (minute, value))."""
+    """Best metric so far by trial number (`trials` in order of their `number`) and by minutes (`points`:
+    (minute, value))."""
     better = max if mode == "max" else min
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    numbered = [(n, t.get(metric)) for n, t in enumerate(trials, 1) if _finite(t.get(metric))]
+    numbered = [(t["number"], t.get(metric)) for t in trials if _finite(t.get(metric))]
     if numbered:
         running = _running_best([v for _, v in numbered], better)
         left.scatter([n for n, _ in numbered], [v for _, v in numbered], s=18, color="grey", label="trial's best")
         left.step([n for n, _ in numbered], running, where="post", color="tab:blue", label="best so far")
         left.legend(loc="best", fontsize=8)
-    left.set(title=f"Best {metric} by trial", xlabel="trial number (order of start)", ylabel=metric)
+    left.set(title=f"Best {metric} by trial", xlabel="trial number (order of creation)", ylabel=metric)
     points = sorted((m, v) for m, v in points if _finite(m) and _finite(v))
     if points:
         right.scatter([m for m, _ in points], [v for _, v in points], s=8, color="grey", label="epoch results")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import first_line
-from ..runs.outcomes import has_result, hyperparameter_columns
+from ..runs.outcomes import has_result, hyperparameter_columns, trial_name
 from ..runs.run_files import TRIAL_LOGS
 from ..runs.selection import ALPHA
 from ..runs.storage import is_uri
@@ -75,13 +75,13 @@ def summary_lines(run: str | RunData, html_path: Path | None = None) -> list[str
         f"{run.name}: {len(run.trials)} trials: {c['completed']} completed, {c['stopped_early']} stopped early "
         f"by ASHA, {diverged}{c['errored']} errored, {interrupted}{c['running']} running; {len(run.epochs)} reports"
         + ("" if run.finished else " (search not finished: read from the trials' result.json files)"),
-        (f"best: trial {best[0]['number']} ({best[0]['trial_id']}) {run.metric} {best[0][run.metric]:.4f} "
+        (f"best: {trial_name(best[0]['number'], best[0]['trial_id'])} {run.metric} {best[0][run.metric]:.4f} "
          f"at epoch {best[0]['best_epoch']}" if best else "best: no trial has reported a result yet"),
         f"weights: {weights_text(run)}",
     ]
     chosen = delivered(run)
     if chosen:
-        lines.insert(2, f"delivered: trial {_number(run, chosen[0])} ({chosen[0]}): {chosen[1]}")
+        lines.insert(2, f"delivered: {_name(run, chosen[0])}: {chosen[1]}")
     if c["interrupted"]:
         lines.append(f"interrupted: `tuner resume {run.location}` continues {c['interrupted']} unfinished trials "
                      f"from their checkpoints")
@@ -110,7 +110,7 @@ def _build(run: RunData, out: Path, top: int) -> str:
         points = [((e["reported_at"] - start) / 60, e[metric]) for e in run.epochs  # a diverged epoch's NaN: left out
                   if e.get("reported_at") and has_result(e.get(metric)) and math.isfinite(start)]
         page.figure("best_so_far.png", lambda p: figures.best_so_far(run.trials, points, metric, run.mode, p),
-                    "Best result so far, by trial (in the order trials started) and by wall-clock time.")
+                    "Best result so far, by trial number (the order the search created them) and by wall-clock time.")
         page.figure("learning_curves.png",
                     lambda p: figures.learning_curves(_curves(run), metric, run.rungs, p),
                     "Every trial's validation curve by budget step. Dotted lines: the steps where ASHA compares "
@@ -160,7 +160,8 @@ def _build(run: RunData, out: Path, top: int) -> str:
     except NotAvailable as why:
         page.p(f"No best-model figures: {why}.")
     else:
-        page.p(f"Trial {analysis.trial_id}, epoch {analysis.epoch}: accuracy {analysis.accuracy:.4f} on the "
+        page.p(f"The model of {_name(run, analysis.trial_id)}, epoch {analysis.epoch}: accuracy "
+               f"{analysis.accuracy:.4f} on the "
                f"{sum(map(sum, analysis.matrix))} validation images, evaluated again here in the search's "
                f"precision" + (f" (the search recorded val_acc {analysis.recorded:.4f})"
                                if analysis.recorded is not None else "") + ".")
@@ -182,18 +183,19 @@ def _selection(page: _Page, run: RunData) -> None:
     if chosen is None:
         return
     page.h2("Which trial was delivered")
-    page.p(f"best/ holds trial {_number(run, chosen[0])} ({chosen[0]}): {chosen[1]}.")
+    page.p(f"best/ holds {_name(run, chosen[0])}: {chosen[1]}.")
     close = within_noise(run)
     if close:
         page.p(f"Trials the search cannot tell from the best on the validation images (exact McNemar p >= {ALPHA}), "
                "with the 95% paired-bootstrap interval of their accuracy minus the best's:")
-        page.ul([f"trial {t['number']} ({t['trial_id']}): {run.metric} {t[run.metric]:.4f}, McNemar p "
+        page.ul([f"{trial_name(t['number'], t['trial_id'])}: {run.metric} {t[run.metric]:.4f}, McNemar p "
                  f"{t['mcnemar_p']:.3f}, interval [{t['diff_low']:+.4f}, {t['diff_high']:+.4f}]"
                  + (" (delivered)" if t.get("delivered") else "") for t in close], html_id="within-noise")
 
 
-def _number(run: RunData, trial_id: str) -> Any:
-    return next((t["number"] for t in run.trials if t["trial_id"] == trial_id), "?")
+def _name(run: RunData, trial_id: str) -> str:
+    """`trial N (id)` for a trial of the run (outcomes.trial_name)."""
+    return trial_name(next((t["number"] for t in run.trials if t["trial_id"] == trial_id), None), trial_id)
 
 
 def _curves(run: RunData) -> dict[str, tuple[str, list[int], list[float]]]:
@@ -222,7 +224,7 @@ def _error_logs(run: RunData) -> list[tuple[str, list[tuple[str, str]]]]:
         else:
             files = [(n, f"../{folder}/{n}") for n in names if (run.folder / folder / n).is_file()]
         if files:
-            found.append((f"trial {trial['number']} ({trial['trial_id']})", files))
+            found.append((trial_name(trial["number"], trial["trial_id"]), files))
     return found
 
 

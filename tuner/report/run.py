@@ -22,11 +22,13 @@ import pyarrow.parquet as pq
 from ..runs import outcomes
 from ..runs.budget import SearchBudget
 from ..runs.outcomes import (
+    NUMBER,
     diverged_error,
     hyperparameter_columns,
     last_error_line,
     model_metrics,
     spent_whole_budget,
+    trial_name,
     trial_row,
     trial_status,
     with_current_names,
@@ -52,7 +54,7 @@ class RunData:
     location: str  # as given (absolute when local)
     folder: Path  # a local folder with the run's files: the run itself, or a temp copy of a URI's
     record: dict[str, Any]  # tuner.json
-    trials: list[dict[str, Any]]  # one row per trial in start order, as in trials.parquet
+    trials: list[dict[str, Any]]  # one row per trial, as in trials.parquet, in order of their `number`
     epochs: list[dict[str, Any]]  # one row per trial-epoch, as in epochs.parquet
     finished: bool  # tables written by the end of the search (else built from result.json files)
     _fs: pafs.FileSystem | None = field(default=None, repr=False)
@@ -139,7 +141,7 @@ def _read_run(location: str, folder: Path, fs=None, base: str = "") -> RunData:
         epochs = pq.read_table(folder / "epochs.parquet").to_pylist()
     else:
         trials, epochs = _tables_from_results(folder, record)
-    return RunData(location, folder, record, _in_start_order(trials, epochs), epochs, finished, fs, base)
+    return RunData(location, folder, record, _numbered(trials, epochs), epochs, finished, fs, base)
 
 
 def _tables_from_results(folder: Path, record: dict[str, Any]) -> tuple[list[dict], list[dict]]:
@@ -161,8 +163,8 @@ def _tables_from_results(folder: Path, record: dict[str, Any]) -> tuple[list[dic
         status = _running_status(last, trial_dir, budget)
         trial_id = last.get("trial_id") or trial_dir.name.removeprefix("trial_")
         trials.append({
-            **trial_row(trial_id, last, history, status=status, error=_running_error(last, trial_dir, status),
-                        metric=metric, mode=METRICS[metric]),
+            **trial_row(trial_id, last, history, number=config.get(NUMBER), status=status,
+                        error=_running_error(last, trial_dir, status), metric=metric, mode=METRICS[metric]),
             **{name: config[name] for name in hyperparameter_columns(config)},
         })
     return trials, epochs
@@ -202,15 +204,22 @@ def _trial_start(rows: list[dict]) -> float:
     return min(starts, default=math.inf)
 
 
-def _in_start_order(trials: list[dict], epochs: list[dict]) -> list[dict]:
+def _numbered(trials: list[dict], epochs: list[dict]) -> list[dict]:
+    """The trials in order of their NUMBER (the search's, as its progress lines and summary name them).
+
+    A run made before trials were numbered is numbered 1, 2, 3 in start order, as its progress lines were;
+    so is one resumed since, whose older trials have no number.
+    """
     by_trial: dict[str, list[dict]] = {}
     for row in epochs:
         by_trial.setdefault(row["trial_id"], []).append(row)
     for trial in trials:
         trial["started_at"] = _trial_start(by_trial.get(trial["trial_id"], []))
+    if all(trial.get(NUMBER) is not None for trial in trials):
+        return sorted(trials, key=lambda t: t[NUMBER])
     trials = sorted(trials, key=lambda t: (t["started_at"], t["trial_id"]))
     for number, trial in enumerate(trials, 1):
-        trial["number"] = number  # 1, 2, 3 in start order, as the search's progress lines count them
+        trial[NUMBER] = number
     return trials
 
 
@@ -228,10 +237,10 @@ def counts(run: RunData) -> dict[str, int]:
 
 
 def problems(run: RunData) -> list[str]:
-    """One line per trial that diverged, errored or resumed from an older checkpoint, in start order."""
+    """One line per trial that diverged, errored or resumed from an older checkpoint, in order of number."""
     lines = []
     for trial in run.trials:
-        name = f"trial {trial['number']} ({trial['trial_id']})"
+        name = trial_name(trial[NUMBER], trial["trial_id"])
         if trial["status"] in ("diverged", "errored"):
             lines.append(f"{name} {trial['status']}: {trial.get('error') or 'no error message recorded'}")
         if trial.get("warning"):

@@ -19,8 +19,13 @@ from .budget import ran_whole_budget
 # running: a search still going has trials without an outcome yet).
 STATUSES = ("completed", "stopped_early", "diverged", "errored", "interrupted", "running")
 
+# A trial's number: 1, 2, 3 in the order the search created its trials, kept across `tuner resume` (new trials
+# go on counting). The searcher puts it in the trial's config under this key (no hyperparameter: the
+# trainable takes it out), the trainable in every report; trials.parquet and epochs.parquet have the column.
+NUMBER = "number"
+
 # trials.parquet, one row per trial; every hyperparameter follows as its own column (hyperparameter_columns).
-TRIAL_COLUMNS = ("trial_id", "status", "epochs_run", "steps", "budget_steps", "stopped_early", "best_epoch",
+TRIAL_COLUMNS = (NUMBER, "trial_id", "status", "epochs_run", "steps", "budget_steps", "stopped_early", "best_epoch",
                  "best_step", "val_acc", "val_loss", "seconds", "node", "error", "warning")
 # Columns renamed since: a run made before is read under today's names (`epochs` was the epochs run,
 # not the schedule length TrainConfig.epochs, which is no column of the table).
@@ -99,14 +104,23 @@ def last_error_line(text: str) -> str:
     return next((line for line in reversed(lines) if line and not line.startswith("Failure # ")), "")
 
 
-def trial_row(trial_id: str, last: Mapping[str, Any], reports: list[Mapping[str, Any]], *, status: str,
-              error: str | None, metric: str, mode: str) -> dict[str, Any]:
+def trial_name(number: int | None, trial_id: str) -> str:
+    """`trial 3 (634b7ffc)`: how the summary, the report and a trial's first progress line name a trial;
+    `trial 634b7ffc` for one without a number (a run made before trials were numbered)."""
+    return f"trial {trial_id}" if number is None else f"trial {number} ({trial_id})"
+
+
+def trial_row(trial_id: str, last: Mapping[str, Any], reports: list[Mapping[str, Any]], *, number: int | None,
+              status: str, error: str | None, metric: str, mode: str) -> dict[str, Any]:
     """A trial's row of trials.parquet (TRIAL_COLUMNS) from its last report and its reports in order.
 
-    The metric columns are those of its best report; `epochs_run` and `steps` are what it ran.
+    `number` is the trial's NUMBER (from its config: a trial that errored before its first report has one
+    too); None for a run made before trials were numbered. The metric columns are those of its best report;
+    `epochs_run` and `steps` are what it ran.
     """
     best = best_report(reports, metric, mode)
     return {
+        NUMBER: number,
         "trial_id": trial_id,
         "status": status,
         "epochs_run": int(last.get("epoch", 0)),

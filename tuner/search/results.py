@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,8 @@ def history(result) -> list[dict[str, Any]]:
 
 def trial_rows(grid, settings, searched: list[str], budget: SearchBudget,
                ended: set[str] | None = None) -> list[dict[str, Any]]:
-    """One row per trial (outcomes.trial_row), with every hyperparameter any trial has (null where not).
+    """One row per trial (outcomes.trial_row) in order of number, with every hyperparameter any trial has (null
+    where not).
 
     `ended`: the trials that ended in a search that was interrupted (None: the search ended, and every trial
     with it); the others are `interrupted`.
@@ -82,10 +84,12 @@ def trial_rows(grid, settings, searched: list[str], budget: SearchBudget,
         metrics, config = result.metrics or {}, result.config or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
         status = trial_status(result, budget, ended=ended is None or trial_id in ended)
-        row = outcomes.trial_row(trial_id, metrics, history(result), status=status,
-                                 error=trial_error(result), metric=settings.metric, mode=settings.mode)
+        row = outcomes.trial_row(trial_id, metrics, history(result), number=config.get(outcomes.NUMBER),
+                                 status=status, error=trial_error(result), metric=settings.metric,
+                                 mode=settings.mode)
         rows.append({**row, **{name: config.get(name) for name in hyperparameters}})
-    return rows
+    # In order of number: Ray's grid of a resumed search lists its restored trials in another order.
+    return sorted(rows, key=lambda row: (row[outcomes.NUMBER] is None, row[outcomes.NUMBER] or 0))
 
 
 def epoch_rows(grid) -> list[dict[str, Any]]:
@@ -102,11 +106,15 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> None:
 def ranked_checkpoints(grid, metric: str, mode: str) -> list[tuple[Any, dict[str, Any]]]:
     """Every kept checkpoint of every trial with its epoch's metrics, best first (non-finite left out).
 
-    Each trial keeps its best epoch's checkpoint, so the first is the search's best epoch.
+    Each trial keeps its best epoch's checkpoint, so the first is the search's best epoch. Trials that tie
+    go by trial id, as the selection's candidates do (_candidates): not by the grid's order, which a resume
+    changes, so a resumed search's export delivers the same trial as before, not one whose checkpoints
+    the earlier export deleted.
     """
     kept = [(checkpoint, metrics) for result in grid for checkpoint, metrics in (result.best_checkpoints or [])
             if has_result(metrics.get(metric))]
-    return sorted(kept, key=lambda pair: pair[1][metric], reverse=mode == "max")
+    sign = -1 if mode == "max" else 1
+    return sorted(kept, key=lambda pair: (sign * pair[1][metric], pair[1].get("trial_id") or ""))
 
 
 # Trials compared with the best: the top of the ranking, where a near-tie can be; more would only add
@@ -149,6 +157,12 @@ def choose_delivery(grid, settings, run_dir: Path | None = None) -> Delivery:
     if first is None:  # its checkpoint is gone: deleted by hand after an earlier export
         return Delivery(ranked, f"{highest}: the checkpoint of trial {chosen.delivered} is gone", None)
     return Delivery([first, *(pair for pair in ranked if pair is not first)], chosen.reason, chosen)
+
+
+def _checkpoint_name(ranked: list[tuple[Any, dict[str, Any]]], trial_id: str) -> str:
+    """`trial N (id)`, N as the trial's checkpoints report it."""
+    number = next((m.get(outcomes.NUMBER) for _, m in ranked if m.get("trial_id") == trial_id), None)
+    return outcomes.trial_name(number, trial_id)
 
 
 def _candidates(ranked: list[tuple[Any, dict[str, Any]]], settings, run_dir: Path | None) -> list[Candidate] | None:
@@ -211,8 +225,8 @@ def export_best(grid, run_dir: Path, settings, splits: folders.ImageSplits,
             state = load_trainer_state(checkpoint)
         except CorruptCheckpoint as err:
             print(f"warning: {err}; using the next best checkpoint", file=sys.stderr, flush=True)
-            reason = (f"the checkpoint of trial {delivery.order[0][1].get('trial_id')} is damaged: the next by "
-                      f"{settings.metric}")
+            damaged = _checkpoint_name(delivery.order, delivery.order[0][1].get("trial_id"))
+            reason = f"the checkpoint of {damaged} is damaged: the next by {settings.metric}"
             continue
         return _write_best(state, {**metrics, "selection": reason}, run_dir, splits)
     return None  # no trial reported a usable checkpoint
@@ -257,7 +271,7 @@ def export_results(grid, run_dir: Path, settings, searched: list[str], splits: f
         selection_columns(rows, delivery, payload["metrics"]["trial_id"])
         write_table(rows, run_dir / "trials.parquet")
     print_summary(rows, payload, location or str(run_dir), settings, searched)
-    print_selection(delivery.selection, payload)
+    print_selection(delivery.selection, payload, rows)
     if settings.keep_checkpoints == "best" and ended is None:
         best_trial = payload["metrics"]["trial_id"] if payload else None
         dropped, size = drop_finished_checkpoints(grid, rows, keep=best_trial)
@@ -299,19 +313,21 @@ def print_summary(rows, payload, location: str, settings, searched: list[str], t
     print(f"\n{len(rows)} trials: {counts['completed']} completed, {counts['stopped_early']} stopped early by "
           f"ASHA, {diverged}{counts['errored']} errored{interrupted}; {sum(r['steps'] for r in rows)} trial-steps, "
           f"{sum(r['epochs_run'] for r in rows)} trial-epochs")
+    name = _namer(rows)
     for row in rows:
         if row["error"]:
-            print(f"  {row['trial_id']} {row['status']}: {row['error']}")
+            print(f"  {name(row['trial_id'])} {row['status']}: {row['error']}")
         if row["warning"]:
-            print(f"  {row['trial_id']} {row['warning']}")
+            print(f"  {name(row['trial_id'])} {row['warning']}")
     print(f"top trials by {metric}:")
+    width = max((len(name(row["trial_id"])) for row in done[:top]), default=0)
     for row in done[:top]:
         params = ", ".join(f"{k}={_short(row[k])}" for k in searched if row[k] is not None)
-        print(f"  {row['trial_id']}  {metric} {row[metric]:.4f}  steps {row['steps']:>5}  {params}")
+        print(f"  {name(row['trial_id']):<{width}}  {metric} {row[metric]:.4f}  steps {row['steps']:>5}  {params}")
     if payload is None:
         print("no trial reported a result; nothing exported")
         return
-    print(f"delivered: trial {payload['metrics']['trial_id']} epoch {payload['epoch']}, {metric} "
+    print(f"delivered: {name(payload['metrics']['trial_id'])} epoch {payload['epoch']}, {metric} "
           f"{payload['metrics'][metric]:.4f}" + (f", test_acc {payload['metrics']['test_acc']:.4f}"
                                                   if "test_acc" in payload["metrics"] else ""))
     print(f"  why: {payload['metrics']['selection']}")
@@ -320,15 +336,24 @@ def print_summary(rows, payload, location: str, settings, searched: list[str], t
     print(f"best model: {best}" + ("" if "://" in location else f"  (tuner predict --model {best} IMAGE)"))
 
 
-def print_selection(selection: Selection | None, payload: dict[str, Any] | None) -> None:
+def print_selection(selection: Selection | None, payload: dict[str, Any] | None, rows: list[dict[str, Any]]) -> None:
     """When trials are within noise of the best: which, with their intervals (print_summary says which was
-    delivered and why)."""
+    delivered and why). `rows` (trials.parquet's) give the trials' numbers."""
     if payload is None or selection is None or len(selection.within_noise()) < 2:
         return
-    print(f"within noise of the best (trial {selection.comparisons[0].trial_id}) on the validation images: "
+    name = _namer(rows)
+    print(f"within noise of the best, {name(selection.comparisons[0].trial_id)}, on the validation images: "
           f"accuracy, McNemar p, 95% interval of the accuracy difference:")
+    width = max(len(name(c.trial_id)) for c in selection.within_noise())
     for c in selection.within_noise():
-        print(f"  {c.trial_id}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}  [{c.diff_low:+.4f}, {c.diff_high:+.4f}]")
+        print(f"  {name(c.trial_id):<{width}}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}  "
+              f"[{c.diff_low:+.4f}, {c.diff_high:+.4f}]")
+
+
+def _namer(rows: list[dict[str, Any]]) -> Callable[[str], str]:
+    """trial id -> `trial N (id)` (outcomes.trial_name), numbered as in `rows`."""
+    numbers = {row["trial_id"]: row[outcomes.NUMBER] for row in rows}
+    return lambda trial_id: outcomes.trial_name(numbers.get(trial_id), trial_id)
 
 
 def _short(value: Any) -> str:

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from ..internals import running_trial
-from ..runs.outcomes import has_result, optuna_state, trial_status
+from ..runs.outcomes import NUMBER, has_result, optuna_state, trial_status
 from ..runs.run_files import STUDY_FILE
 from ..runs.storage import is_uri
 from ..train.cache import cache_root
@@ -67,7 +67,7 @@ class StudySearcher(Searcher):
         self.run, self.study_name = run, study_name
         self._space, self._sampler, self._start = space, sampler, [dict(point) for point in start]
         self._budget_steps, self._stopped_as_complete = budget_steps, stopped_as_complete
-        self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number, in the order suggested
         self._best: dict[str, float] = {}  # a trial's best round so far: what a COMPLETE trial is told
         self._reported: dict[str, set[int]] = {}  # budget steps already reported as intermediate values
         self._told: set[str] = set()  # trials whose end Optuna has been told
@@ -114,13 +114,22 @@ class StudySearcher(Searcher):
         return self._study
 
     def suggest(self, trial_id: str) -> dict[str, Any]:
+        """The trial's configuration, with its NUMBER (not a hyperparameter: the trainable takes it out)."""
         if trial_id not in self._numbers:
             trial = self.study.ask()
             trial.set_user_attr("trial_id", trial_id)
             self._numbers[trial_id] = trial.number
+            trial.set_user_attr(NUMBER, self.trial_number(trial_id))
         trial = running_trial(self.study, self._numbers[trial_id])
         constants = self._space(trial)  # suggests through `trial`; a trial asked before suggests the same again
-        return {**trial.params, **constants}
+        return {**trial.params, **constants, NUMBER: self.trial_number(trial_id)}
+
+    def trial_number(self, trial_id: str) -> int:
+        """1, 2, 3 in the order the search created its trials: the trial's place among the ids this searcher
+        has suggested, which its pickled state keeps across `tuner resume` (restored trials are not suggested
+        again; new ones go on counting). Not the study's trial number: warm-start seeds and a failed trial
+        that a resume continues take study numbers too."""
+        return list(self._numbers).index(trial_id) + 1
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._numbers and trial_id not in self._told and not self._finished_in_study(trial_id):

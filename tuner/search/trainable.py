@@ -1,6 +1,8 @@
 """The Ray Tune trial function: a thin wrapper that runs the Trainer and reports every round of epochs.
 
-Data and run settings are bound with `tune.with_parameters`, never put in the hyperparameter dict.
+Data and run settings are bound with `tune.with_parameters`, never put in the hyperparameter dict. That
+dict, Ray's config, holds one more key than the hyperparameters: the trial's number (runs/outcomes.NUMBER,
+given by the searcher, study.py), which every report carries and TrainConfig never sees.
 
 How a trial meets faults: a crash (an exception, a killed process, a lost node) fails the trial and Ray
 restarts it from its latest checkpoint, up to `--max-failures` times; a damaged checkpoint is skipped
@@ -31,6 +33,7 @@ import torch
 from ray import tune
 
 from ..runs.budget import SearchBudget
+from ..runs.outcomes import NUMBER
 from ..runs.storage import local_data
 from ..testing.faults import fault_hook, fault_point
 from ..train import folders
@@ -56,6 +59,10 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: folders.I
     """
     # One compute thread per reserved CPU: trials sharing a node must not fight over its cores.
     torch.set_num_threads(max(1, int(cpus)))
+    # The trial's number (study.py) goes in every report, not into TrainConfig; a trial of a run made before
+    # trials were numbered has none.
+    number = config.get(NUMBER)
+    config = {k: v for k, v in config.items() if k != NUMBER}
     plan = plan_for(make_config(config), budget, len(splits.train))
     hyperparameters = make_config({**config, "steps": plan.steps, "epochs": plan.rounds * plan.round_epochs})
     # A URI is fetched once into this node's cache; the driver's file lists are moved onto that copy.
@@ -75,6 +82,8 @@ def train_trial(config: dict[str, Any], *, data_location: str, splits: folders.I
         while trainer.step < trainer.total_steps:
             # Ray's iteration is our round, also after resuming from an older checkpoint than Ray's latest.
             extra = {"node": node, "diverged": False, "training_iteration": len(trainer.history) + 1}
+            if number is not None:
+                extra[NUMBER] = number
             if warning:
                 extra["warning"], warning = warning, None
             try:
