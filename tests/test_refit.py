@@ -173,8 +173,9 @@ def test_a_search_with_refit_on_delivers_the_refit_model_with_test_metrics(tmp_p
     assert metrics["refit_images"] == len(splits.train) + len(splits.val)
     configs = [json.loads((folder / "config.json").read_text()) for folder in (best, best / SEARCH_BEST)]
     assert configs[0] == configs[1]  # the chosen configuration, refit
-    assert f"refit: trial {chosen['trial_id']}'s configuration on {metrics['refit_images']} train+val images" \
-        in result.stdout
+    assert metrics["number"] == chosen["number"]
+    assert f"refit: trial {chosen['number']} ({chosen['trial_id']})'s configuration on {metrics['refit_images']} " \
+           f"train+val images" in result.stdout
     # The report looks again at the search's checkpoint on the validation images, not at the refit model.
     with open_run(str(best.parent)) as run:
         analysis = best_model_analysis(run)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, first_line
+from ..runs.outcomes import NUMBER, trial_name
 from ..train import folders
 from ..train.checkpoint import write_best
 from ..train.config import make_config
@@ -44,7 +45,7 @@ def refit_best(run_dir: Path, settings, splits: folders.ImageSplits) -> str | No
     payload = result.payload
     # Which trial and epoch it refits, and why the search chose it (`selection`, where results.py says).
     payload["metrics"].update({"trial_id": chosen.get("trial_id"), "chosen_epoch": chosen.get("epoch"),
-                               **{k: chosen[k] for k in ("selection",) if k in chosen}})
+                               **{k: chosen[k] for k in ("selection", NUMBER) if k in chosen}})
     if splits.test:  # through the normal load path, in the precision it trained in, as the search's was
         trained = load_trained(payload, resolve_device("auto"), as_trained=True)
         payload["metrics"].update(trained.evaluate(splits.test, prefix="test").metrics)
@@ -62,10 +63,11 @@ def keep_search_checkpoint(best: Path, target: Path) -> None:
 
 
 def refit_line(metrics: dict[str, Any], chosen: dict[str, Any], train: int, val: int) -> str:
-    """'refit: trial T's configuration on N train+val images (...), S steps (E epochs), test_acc ...'."""
+    """'refit: trial N (T)'s configuration on N train+val images (...), S steps (E epochs), test_acc ...'."""
     test = "; no test split to judge it (the search's checkpoint is in best/search/)"
     if "test_acc" in metrics:
         search = f"{chosen['test_acc']:.4f}" if "test_acc" in chosen else "n/a"
         test = f", test_acc {metrics['test_acc']:.4f} (the search's checkpoint: {search}, in best/search/)"
-    return (f"refit: trial {metrics['trial_id']}'s configuration on {metrics['refit_images']} train+val images "
+    trial = trial_name(metrics.get(NUMBER), metrics["trial_id"])
+    return (f"refit: {trial}'s configuration on {metrics['refit_images']} train+val images "
             f"({train} + {val}), {metrics['refit_steps']} steps ({metrics['refit_epochs']} epochs){test}")
