@@ -10,28 +10,17 @@ reliability table is these tests.
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import textwrap
 
 import optuna
 import pyarrow.parquet as pq
 import pytest
+from stopped_searches import tuner_in_session, write_tiny_search
 
 from tuner.report.run import open_run
 from tuner.report.study_check import study_disagreements
-from tuner.train.demo_data import write_demo_data
 
 pytestmark = pytest.mark.slow
 
-SPACE = """
-SETTINGS = {"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 16, "trials": 3,
-            "max_epochs": 3, "grace_period": 3, "max_concurrent": 1, "refit": "off"}
-
-def space(trial):
-    trial.suggest_float("lr_head", 1e-4, 1e-2, log=True)
-"""
 BUDGET_ROUNDS = 3  # a report an epoch, 3 epochs of 2 steps
 
 # (what stops the search, the TUNER_FAULT that does it, the exit code). after=4: the second trial's second
@@ -48,24 +37,11 @@ STOPS = {
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("interruptions")
-    write_demo_data(root / "data", train_per_class=4, val_per_class=2, test_per_class=0)  # 2 steps an epoch
-    (root / "space.py").write_text(textwrap.dedent(SPACE))
-    return root
+    return write_tiny_search(tmp_path_factory.mktemp("interruptions"))
 
 
-def tuner(*args, env=None, markers=None, timeout=600):
-    """Run `tuner ARGS` as the leader of a session of its own; its id goes to MARKERS/search.pgid."""
-    process = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    if markers is not None:
-        (markers / "search.pgid").write_text(str(process.pid))
-    try:
-        out, err = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+def tuner(*args, env=None, markers=None):
+    return tuner_in_session(*args, env=env, pgid_file=markers / "search.pgid" if markers else None)
 
 
 def search(root, name, fault=None, *flags):

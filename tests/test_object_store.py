@@ -6,30 +6,16 @@ the run; and a new run reusing a name at that URI starts a study of its own.
 
 import io
 import os
-import signal
 import socket
-import subprocess
-import sys
-import textwrap
 
 import boto3
 import optuna
 import pyarrow.parquet as pq
 import pytest
 from moto.server import ThreadedMotoServer
-
-from tuner.train.demo_data import write_demo_data
+from stopped_searches import tuner_in_session, write_tiny_search
 
 pytestmark = pytest.mark.slow
-
-SPACE = """
-SETTINGS = {"model": "resnet18", "weights": "none", "image_size": 32, "batch_size": 16, "trials": 3,
-            "max_epochs": 3, "grace_period": 3, "max_concurrent": 1, "refit": "off"}
-
-def space(trial):
-    trial.suggest_float("lr_head", 1e-4, 1e-2, log=True)
-"""
-
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
@@ -44,24 +30,13 @@ def s3(tmp_path_factory):
     client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="test",
                           aws_secret_access_key="test", region_name="us-east-1")
     client.create_bucket(Bucket="runs")
-    root = tmp_path_factory.mktemp("object-store")
-    write_demo_data(root / "data", train_per_class=4, val_per_class=2, test_per_class=0)
-    (root / "space.py").write_text(textwrap.dedent(SPACE))
+    root = write_tiny_search(tmp_path_factory.mktemp("object-store"))
     yield root, env, client
     server.stop()
 
 
 def tuner(*args, env, markers=None):
-    process = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    if markers is not None:
-        (markers / "search.pgid").write_text(str(process.pid))
-    try:
-        out, err = process.communicate(timeout=600)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return tuner_in_session(*args, env=env, pgid_file=markers / "search.pgid" if markers else None)
 
 
 def on_node(env, root, node: str) -> dict:

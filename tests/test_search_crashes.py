@@ -6,14 +6,10 @@ group of the driver, its Ray and its trials, as a machine that loses power, at a
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pyarrow.parquet as pq
 import pytest
-
-from tuner.train.demo_data import write_demo_data
+from stopped_searches import tuner_in_session, write_tiny_search
 
 pytestmark = pytest.mark.slow
 
@@ -38,23 +34,7 @@ CRASHES = {
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("crashes")
-    write_demo_data(root / "data", train_per_class=4, val_per_class=2, test_per_class=0)  # 2 steps an epoch
-    (root / "space.py").write_text(textwrap.dedent(SPACE))
-    return root
-
-
-def tuner(*args, env=None, timeout=600, pgid_file=None):
-    """Run `tuner ARGS` in a process group of its own; its id goes to `pgid_file` for the crash fault."""
-    process = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    if pgid_file is not None:
-        pgid_file.write_text(str(process.pid))  # long before the first trial or export can fire
-    try:
-        out, err = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, 9)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return write_tiny_search(root, SPACE)
 
 
 def finished_trials(run) -> dict[str, str]:
@@ -73,7 +53,7 @@ def test_a_search_killed_at_any_point_resumes_without_losing_or_rerunning_trials
     markers = root / f"markers-{name}"
     markers.mkdir()
     crash = {**os.environ, "TUNER_FAULT": CRASHES[point], "TUNER_FAULT_DIR": str(markers)}
-    killed = tuner("search", "--space", str(root / "space.py"), "--data", str(root / "data"),
+    killed = tuner_in_session("search", "--space", str(root / "space.py"), "--data", str(root / "data"),
                    "--storage", str(root / "runs"), "--name", name, env=crash, pgid_file=markers / "search.pgid")
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]  # SIGKILL, at that point
     assert list(markers.glob("fault*")), "the fault never fired"
@@ -81,7 +61,7 @@ def test_a_search_killed_at_any_point_resumes_without_losing_or_rerunning_trials
     before = finished_trials(run)
     assert before, "no trial had finished before the crash"
 
-    resumed = tuner("resume", str(run))
+    resumed = tuner_in_session("resume", str(run))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     trials = pq.read_table(run / "trials.parquet").to_pylist()
