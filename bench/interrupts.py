@@ -22,10 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line  # noqa: E402
+from common import machine_line, search_tables  # noqa: E402
 
 
 def run_tuner(args: list[str], stop_after: float | None) -> tuple[int, float]:
@@ -57,10 +58,8 @@ def tally(run: Path) -> dict:
 
 
 def statuses(run: Path) -> dict:
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(run / "trials.parquet").to_pylist()
-    return {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}
+    """Trials by status, from trials.parquet."""
+    return dict(Counter(row["status"] for row in search_tables(run)[0]))
 
 
 def main() -> None:
@@ -90,20 +89,22 @@ def main() -> None:
             break
         assert code == 130, f"exit {code} after SIGINT"
         stops += 1
-        interrupted = statuses(run).get("interrupted", 0) if (run / "trials.parquet").is_file() else 2
+        # No tables: stopped before any trial ran (a graceful stop in the search writes them).
+        interrupted = statuses(run).get("interrupted", 0) if (run / "trials.parquet").is_file() else 0
         running_at_stops += interrupted
         print(f"stop {stops}: SIGINT after {stop_after:.0f} s, {interrupted} trials interrupted")
     print(f"stopped {stops} times, then finished: {statuses(run)}")
 
+    found = {"straight": tally(straight), "stopped": tally(run)}
     for name, folder in (("straight", straight), ("stopped", run)):
-        found = tally(folder)
-        print(f"  {name:>8}: {found['trials']} trials, {statuses(folder)}, restarted from scratch "
-              f"{found['restarted from scratch']}, rounds reported twice {found['rounds reported twice']}, "
-              f"trial-steps {found['trial-steps']}")
-    bound = tally(straight)["trial-steps"] + running_at_stops * tally(run)["steps a round"]
-    print(f"trial-steps of the stopped search {tally(run)['trial-steps']} against the bound {bound} (straight + one "
-          f"round of {tally(run)['steps a round']} steps for each of the {running_at_stops} trials running at a stop;"
-          f" ASHA's choices may differ between the two searches)")
+        print(f"  {name:>8}: {found[name]['trials']} trials, {statuses(folder)}, restarted from scratch "
+              f"{found[name]['restarted from scratch']}, rounds reported twice "
+              f"{found[name]['rounds reported twice']}, trial-steps {found[name]['trial-steps']}")
+    stopped, a_round = found["stopped"]["trial-steps"], found["stopped"]["steps a round"]
+    bound = found["straight"]["trial-steps"] + running_at_stops * a_round
+    print(f"trial-steps of the stopped search {stopped} against the bound {bound} (straight + one round of "
+          f"{a_round} steps for each of the {running_at_stops} trials running at a stop; ASHA's choices may "
+          f"differ between the two searches)")
 
 
 if __name__ == "__main__":
