@@ -102,6 +102,25 @@ def test_a_restored_tuner_has_its_tune_config_where_internals_looks():
     assert internals.restored_tune_config(tuner).num_samples == 2
 
 
+def test_rays_checkpoint_manager_says_which_checkpoint_is_a_trials_best_and_which_its_latest(tmp_path):
+    from types import SimpleNamespace
+
+    from ray import tune
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    manager = _CheckpointManager(tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_acc"))
+    trial = SimpleNamespace(run_metadata=SimpleNamespace(checkpoint_manager=manager))
+    # (folder, val_acc, is the best, is the latest) after each round
+    expected = [[("0", 0.5, True, True)], [("1", 0.9, True, True)], [("1", 0.9, True, False), ("2", 0.7, False, True)]]
+    for round_, score in enumerate([0.5, 0.9, 0.7]):
+        (tmp_path / str(round_)).mkdir()
+        manager.register_checkpoint(_TrainingResult(tune.Checkpoint(str(tmp_path / str(round_))), {"val_acc": score}))
+        kept = internals.kept_checkpoints(trial)
+        assert [(Path(c.path).name, m["val_acc"], best, latest) for c, m, best, latest in kept] == expected[round_]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2"]  # Ray deleted round 0's itself
+
+
 def test_rays_constants_and_logger_callbacks_keep_the_names_used(tmp_path):
     from ray._private import ray_constants
     from ray.air.integrations.mlflow import MLflowLoggerCallback

@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -185,6 +186,8 @@ def test_only_the_best_trial_keeps_its_checkpoints_when_the_search_ends(finished
     kept = {p.parent.name for p in run.glob("trial_*/checkpoint_*")}
     assert kept == {f"trial_{best}"}, kept
     assert "finished trials other than the best" in output and "--keep-checkpoints all keeps them" in output
+    # Each trial that ended below the best lost its weights then (search/pruning.py), not at the end.
+    assert re.search(r"during the search, the weights of [1-9]\d* checkpoints .* \([1-9][\d.]* MiB\)", output)
     # A finished search still resumes (nothing to run) and still exports the same best/.
     copy = tmp_path / "full"
     shutil.copytree(run, copy)

@@ -69,6 +69,20 @@ def restoring_search(search_alg, on_restored: Callable[[Any, int], None], *, tri
     return RestoringSearch(search_alg.searcher if isinstance(search_alg, SearchGenerator) else search_alg)
 
 
+def kept_checkpoints(trial) -> list[tuple[Any, dict, bool, bool]]:
+    """The checkpoints Ray keeps for a trial: (checkpoint, its metrics, is the trial's best, is its latest).
+    Ray's Trial offers the latest (`trial.checkpoint`) but the best only through its checkpoint manager;
+    pruning.py must know both to delete nothing that delivery or resume still needs."""
+    manager = trial.run_metadata.checkpoint_manager
+    latest = manager.latest_checkpoint_result
+    latest_path = latest.checkpoint.path if latest is not None else None
+    kept = [(result.checkpoint, result.metrics, True, result.checkpoint.path == latest_path)
+            for result in manager.best_checkpoint_results]
+    if latest is not None and all(checkpoint.path != latest_path for checkpoint, *_ in kept):
+        kept.append((latest.checkpoint, latest.metrics, False, True))
+    return kept
+
+
 def listen_on_loopback_only() -> None:
     """Make the local Ray that ray.init starts listen on 127.0.0.1 only, not on every interface.
 

@@ -110,8 +110,9 @@ def compare(best: Candidate, other: Candidate) -> Comparison:
     return Comparison(other.trial_id, other.accuracy, p, low, high, p >= ALPHA)
 
 
-def select(candidates: list[Candidate]) -> Selection:
-    """The rule of this module over `candidates`, the search's best (by its metric) first.
+def select(candidates: list[Candidate], deliverable: set[str] | None = None) -> Selection:
+    """The rule of this module over `candidates`, the search's best (by its metric) first; only trials in
+    `deliverable` (default: all) may be delivered: the others' weights are gone (search/pruning.py).
 
     Every candidate's `correct` must cover the same images in the same order (ValueError if the lengths differ).
     """
@@ -122,7 +123,8 @@ def select(candidates: list[Candidate]) -> Selection:
     close = [c for c, comparison in zip(candidates, comparisons, strict=True) if comparison.within_noise]
     probes = [c.accuracy for c in candidates if c.is_probe]
     floor = max(probes) if probes else -math.inf
-    eligible = [c for c in close if c.accuracy >= floor] or [best]
+    eligible = [c for c in close if c.accuracy >= floor and (deliverable is None or c.trial_id in deliverable)]
+    eligible = eligible or [best]
     chosen = min(eligible, key=lambda c: (c.stages, c.steps, -c.accuracy))
     return Selection(chosen.trial_id, _reason(chosen, best, close, eligible, floor), comparisons)
 
@@ -132,8 +134,10 @@ def _reason(chosen: Candidate, best: Candidate, close: list[Candidate], eligible
     if len(close) == 1:
         return f"trial {best.trial_id} is the best and no other trial is within noise of it (McNemar p < {ALPHA})"
     names = ", ".join(c.trial_id for c in close)
-    guard = (f"; left out below the probe head's accuracy {floor:.4f}: "
-             + ", ".join(c.trial_id for c in close if c not in eligible)) if len(eligible) < len(close) else ""
+    below = [c.trial_id for c in close if c not in eligible and c.accuracy < floor]
+    gone = [c.trial_id for c in close if c not in eligible and c.accuracy >= floor and c is not best]
+    guard = (f"; left out below the probe head's accuracy {floor:.4f}: " + ", ".join(below)) if below else ""
+    guard += ("; left out, their weights deleted during the search: " + ", ".join(gone)) if gone else ""
     return (f"{len(close)} trials are within noise of the best (McNemar p >= {ALPHA}): {names}; delivered the "
             f"cheapest, trial {chosen.trial_id} ({chosen.stages} trained stages, {chosen.steps} steps){guard}")
 

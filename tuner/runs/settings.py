@@ -73,11 +73,13 @@ class RunSettings:
                                 renamed_because="to tell it from a trial's own: the hyperparameter seed")
     max_failures: int = setting(2, "restarts of a crashed trial from its last checkpoint", in_space_file=True,
                                 bounds=Bounds(0))
-    # best: when the search ends, delete finished trials' checkpoints but the best trial's (best/ holds
-    # the model); all: keep every trial's (Ray keeps each trial's best and latest).
+    # best: while the search runs, delete the weights no trial will be delivered or resumed from
+    # (search/pruning.py), and when it ends the checkpoints of finished trials but the best trial's (best/
+    # holds the model); all: keep every trial's (Ray keeps each trial's best and latest).
     keep_checkpoints: str = setting(
-        "best", "best: when the search ends, delete the checkpoints of finished trials other than the best "
-                "trial's; all: keep them", choices=KEEP_CHECKPOINTS)
+        "best", "best: delete, as the search goes, the weights of checkpoints that no trial will be delivered or "
+                "resumed from, and when it ends the checkpoints of finished trials other than the best trial's; "
+                "all: keep them", choices=KEEP_CHECKPOINTS)
     # highest, as searches did before, until bench/transfer.py shows on test images that within_noise (the
     # cheapest of the top trials within noise of the best, runs/selection.py) wins: on 50 validation images
     # nearly every trial is within noise, so within_noise delivers the cheapest of them all.

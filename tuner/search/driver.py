@@ -191,6 +191,12 @@ def _trainable(settings: RunSettings, splits: folders.ImageSplits, budget: Searc
 def _run_config(settings: RunSettings, name: str, printer, tracking: list):
     from ray import tune
 
+    from .pruning import CheckpointPruner
+
+    # --keep-checkpoints best: weights no trial will be delivered or resumed from go as soon as that is so.
+    pruner = ([CheckpointPruner(settings.metric, settings.mode, settings.selection)]
+              if settings.keep_checkpoints == "best" else [])
+
     storage = settings.storage if is_uri(settings.storage) else str(Path(settings.storage).expanduser().resolve())
     return tune.RunConfig(
         name=name,
@@ -199,7 +205,7 @@ def _run_config(settings: RunSettings, name: str, printer, tracking: list):
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=settings.metric,
                                                 checkpoint_score_order=settings.mode),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        callbacks=[printer, *tracking],
+        callbacks=[printer, *pruner, *tracking],
         # Each trial's stdout and stderr: Ray writes them in the trial's working folder and copies that
         # into RUN/trial_<id>/ only with sync_artifacts (at each checkpoint and when the trial ends).
         log_to_file=TRIAL_LOGS,

@@ -26,7 +26,8 @@ from ..train.config import METRICS
 from ..train.engine import resolve_device
 from ..train.evaluation import load_trained
 from ..train.model import full_model_state
-from .trainable import load_predictions, load_trainer_state
+from .pruning import deleted_so_far
+from .trainable import checkpoint_candidate, holds_weights, load_trainer_state
 
 
 def trial_status(result, budget: SearchBudget, ended: bool = True) -> str:
@@ -150,7 +151,8 @@ def choose_delivery(grid, settings, run_dir: Path | None = None) -> Delivery:
     candidates = _candidates(ranked, settings, run_dir)
     if candidates is None:
         return Delivery(ranked, f"{highest}: the checkpoints hold no per-image predictions to compare", None)
-    chosen = select(candidates)
+    # Trials whose weights the search deleted (pruning.py) are compared, never delivered.
+    chosen = select(candidates, deliverable={m.get("trial_id") for c, m in ranked if holds_weights(c)})
     if settings.selection == "highest":  # delivered as before; the comparisons still say who is within noise
         return Delivery(ranked, f"{highest} (selection: highest)", replace(chosen, delivered=candidates[0].trial_id))
     first = next((pair for pair in ranked if pair[1].get("trial_id") == chosen.delivered), None)
@@ -176,12 +178,10 @@ def _candidates(ranked: list[tuple[Any, dict[str, Any]]], settings, run_dir: Pat
         trial_id = metrics.get("trial_id")
         if trial_id in found or len(found) == SELECTION_CANDIDATES:
             continue
-        predictions = load_predictions(checkpoint)
-        if predictions is None and trial_id not in recorded:
+        candidate = checkpoint_candidate(checkpoint, metrics, settings.metric)
+        if candidate is None and trial_id not in recorded:
             return None
-        found[trial_id] = recorded[trial_id] if predictions is None else Candidate(
-            trial_id, predictions["predicted"] == predictions["label"], stages=int(metrics.get("unfrozen_stages") or 0),
-            steps=int(metrics["step"]), score=float(metrics[settings.metric]))
+        found[trial_id] = candidate or recorded[trial_id]
     # Ties by trial id: the same best and order in every export, whichever checkpoints are left.
     sign = -1 if settings.mode == "max" else 1
     candidates = sorted([*found.values(), *(c for c in recorded.values() if c.trial_id not in found)],
@@ -275,9 +275,12 @@ def export_results(grid, run_dir: Path, settings, searched: list[str], splits: f
     if settings.keep_checkpoints == "best" and ended is None:
         best_trial = payload["metrics"]["trial_id"] if payload else None
         dropped, size = drop_finished_checkpoints(grid, rows, keep=best_trial)
-        if dropped:
-            print(f"deleted the checkpoints of {dropped} finished trials other than the best ({size / 2**20:.1f} MiB); "
-                  f"--keep-checkpoints all keeps them")
+        during, during_size = deleted_so_far()
+        if dropped or during:
+            pruned = (f"; during the search, the weights of {during} checkpoints as soon as no trial could be "
+                      f"delivered or resumed from them ({during_size / 2**20:.1f} MiB)") if during else ""
+            print(f"deleted the checkpoints of {dropped} finished trials other than the best ({size / 2**20:.1f} MiB)"
+                  f"{pruned}; --keep-checkpoints all keeps them")
     return rows
 
 

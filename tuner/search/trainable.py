@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import math
 import posixpath
 import re
@@ -34,10 +35,11 @@ from ray import tune
 
 from ..runs.budget import SearchBudget
 from ..runs.outcomes import NUMBER
+from ..runs.selection import Candidate
 from ..runs.storage import local_data
 from ..testing.faults import fault_hook, fault_point
 from ..train import folders
-from ..train.checkpoint import CorruptCheckpoint, atomic_write, load_torch, read_retrying, save_torch
+from ..train.checkpoint import CHECKSUM_SUFFIX, CorruptCheckpoint, atomic_write, load_torch, read_retrying, save_torch
 from ..train.config import TrainConfig, make_config
 from ..train.engine import Diverged, Trainer
 from ..train.evaluation import ImagePredictions
@@ -49,6 +51,13 @@ TRAINER_STATE = "trainer.pt"
 # search's selection (runs/selection.py) compares trials by them. numpy arrays, read without pickle.
 PREDICTIONS = "val_predictions.npz"
 PREDICTION_ARRAYS = ("predicted", "true_prob", "label")
+# Left in a checkpoint whose weights the search deleted (pruning.py): neither delivered nor resumed from,
+# it keeps PREDICTIONS for the selection's comparisons. One JSON line: the bytes freed and why.
+WEIGHTS_DELETED = "weights_deleted.json"
+
+
+class WeightsDeleted(CorruptCheckpoint):
+    """A checkpoint whose weights the search deleted on purpose (pruning.py): skipped, as a damaged one is."""
 
 
 def train_trial(config: dict[str, Any], *, data_location: str, splits: folders.ImageSplits, budget: SearchBudget,
@@ -156,6 +165,17 @@ def load_predictions(checkpoint: tune.Checkpoint) -> dict[str, np.ndarray] | Non
     return arrays if len({a.shape for a in arrays.values()}) == 1 else None
 
 
+def checkpoint_candidate(checkpoint, metrics: dict[str, Any], metric: str) -> Candidate | None:
+    """A checkpoint as the selection sees it: its per-image correctness, trained stages, steps and score;
+    None when it holds no predictions (one from before they were saved)."""
+    predictions = load_predictions(checkpoint)
+    if predictions is None:
+        return None
+    return Candidate(metrics.get("trial_id"), predictions["predicted"] == predictions["label"],
+                     stages=int(metrics.get("unfrozen_stages") or 0), steps=int(metrics.get("step") or 0),
+                     score=float(metrics.get(metric, math.nan)))
+
+
 def plan_for(hyperparameters: TrainConfig, budget: SearchBudget, train_images: int) -> TrialPlan:
     """This trial's rounds: head-only trials on cached features take more, cheaper steps (see train/plan.py)."""
     head_only = hyperparameters.unfreeze_depth == 0 and hyperparameters.feature_cache
@@ -170,11 +190,46 @@ def load_trainer_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:
     CheckpointReadError when it could not be read (its bytes may be whole).
     """
     shown = f"{checkpoint.path.rstrip('/')}/{TRAINER_STATE}"
+    if not holds_weights(checkpoint):
+        raise WeightsDeleted(f"checkpoint {checkpoint.path} holds no weights: the search deleted them, as no trial "
+                             f"would be delivered or resumed from it")
     with checkpoint.as_directory() as folder:
         state = load_torch(Path(folder) / TRAINER_STATE, shown=shown)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CorruptCheckpoint(f"checkpoint {shown} is damaged (not a {CHECKPOINT_FORMAT!r} trainer state)")
     return state
+
+
+def holds_weights(checkpoint: tune.Checkpoint) -> bool:
+    """False when the search deleted the checkpoint's weights (WEIGHTS_DELETED is there)."""
+    marker = f"{checkpoint.path.rstrip('/')}/{WEIGHTS_DELETED}"
+    return checkpoint.filesystem.get_file_info(marker).type == pafs.FileType.NotFound
+
+
+def delete_weights(checkpoint: tune.Checkpoint, why: str) -> int:
+    """Delete the trainer state of `checkpoint` (a folder Ray still lists), leaving PREDICTIONS and the
+    WEIGHTS_DELETED marker, written first: a crash between the two leaves a marked folder, never a folder
+    that looks damaged. Returns the bytes freed; 0 when the folder is gone (an earlier export deleted it)."""
+    fs, folder = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    files = [f"{folder}/{TRAINER_STATE}", f"{folder}/{TRAINER_STATE}{CHECKSUM_SUFFIX}"]
+    infos = [info for info in fs.get_file_info(files) if info.type == pafs.FileType.File]
+    if not infos:
+        return 0
+    freed = sum(info.size or 0 for info in infos)
+    with fs.open_output_stream(f"{folder}/{WEIGHTS_DELETED}") as stream:
+        stream.write((json.dumps({"bytes": freed, "why": why}) + "\n").encode())
+    for info in infos:
+        fs.delete_file(info.path)
+    return freed
+
+
+def deleted_weights_bytes(checkpoint_folder: str, fs: pafs.FileSystem) -> int | None:
+    """The bytes the search freed in a checkpoint folder (its WEIGHTS_DELETED record); None if it freed none."""
+    try:
+        with fs.open_input_stream(f"{checkpoint_folder.rstrip('/')}/{WEIGHTS_DELETED}") as stream:
+            return int(json.loads(stream.read().decode())["bytes"])
+    except (OSError, ValueError, KeyError, TypeError):  # no record (FileNotFoundError among them)
+        return None
 
 
 def resume_state(checkpoint: tune.Checkpoint) -> tuple[dict[str, Any] | None, str | None]:

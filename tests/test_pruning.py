@@ -1,0 +1,115 @@
+"""Weights no trial will be delivered or resumed from are deleted while the search runs (search/pruning.py):
+the rule on planted checkpoints, then a real search stopped by SIGINT, whose folders show what went when."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from stopped_searches import tuner_in_session, write_tiny_search
+
+from tuner.runs.selection import Candidate, select
+from tuner.search.pruning import Kept, weights_to_delete
+from tuner.search.trainable import PREDICTIONS, TRAINER_STATE, WEIGHTS_DELETED
+
+
+def kept(path, trial, score, *, best=True, latest=False, ended=True, correct=None):
+    candidate = None if correct is None else Candidate(trial, np.array(correct, dtype=bool), stages=1, steps=10)
+    return Kept(path, trial, score, best, latest, ended, candidate)
+
+
+def deleted(checkpoints, selection="highest", mode="max"):
+    return sorted(k.path for k, _ in weights_to_delete(checkpoints, mode, selection))
+
+
+def test_only_the_search_best_and_unfinished_trials_latest_checkpoints_keep_their_weights():
+    checkpoints = [
+        kept("a/1", "a", 0.9),  # the search's best (an ended trial's)
+        kept("a/2", "a", 0.7, best=False, latest=True),  # its latest: the trial has ended, nothing resumes it
+        kept("b/1", "b", 0.8),  # an ended trial below the best
+        kept("c/1", "c", 0.6),  # a running trial's best below the search's best, not its latest
+        kept("c/3", "c", 0.5, best=False, latest=True, ended=False),  # ... its latest, which resume needs
+        kept("d/2", "d", 0.4, latest=True, ended=False),  # a running trial's best and latest: kept
+    ]
+    assert deleted(checkpoints) == ["a/2", "b/1", "c/1"]
+    reasons = dict((k.path, why) for k, why in weights_to_delete(checkpoints, "max", "highest"))
+    assert reasons["b/1"] == "below the search's best (0.9000, trial a)"
+    assert reasons["a/2"] == "the trial has ended, and this is not its best"
+
+
+def test_the_best_is_found_as_the_export_ranks_ties_by_trial_id_and_by_the_mode():
+    tied = [kept("b/1", "b", 0.8), kept("a/1", "a", 0.8)]
+    assert deleted(tied) == ["b/1"]
+    losses = [kept("a/1", "a", 0.3), kept("b/1", "b", 0.2)]  # val_loss: lower is better
+    assert deleted(losses, mode="min") == ["a/1"]
+
+
+def test_nothing_is_deleted_before_any_checkpoint_has_a_score():
+    assert deleted([kept("a/1", "a", float("nan")), kept("b/1", "b", float("nan"))]) == []
+
+
+def test_within_noise_keeps_the_trials_a_paired_test_cannot_tell_from_the_best():
+    best = [True] * 18 + [False] * 2  # 0.90 on 20 images
+    close = [True] * 17 + [False] * 3  # 0.85: one discordant image, McNemar p = 1
+    apart = [False] * 10 + [True] * 8 + [False] * 2  # 0.40: 10 discordant images, all the best's: p = 0.002
+    checkpoints = [kept("a/1", "a", 0.9, correct=best), kept("b/1", "b", 0.85, correct=close),
+                   kept("c/1", "c", 0.4, correct=apart), kept("d/1", "d", 0.5)]  # d: no predictions, kept
+    assert deleted(checkpoints, selection="within_noise") == ["c/1"]
+    assert deleted(checkpoints, selection="highest") == ["b/1", "c/1", "d/1"]
+
+
+def test_a_trial_whose_weights_are_gone_is_compared_but_never_delivered():
+    best = Candidate("a", np.array([True] * 18 + [False] * 2), stages=3, steps=100)
+    cheapest = Candidate("b", np.array([True] * 17 + [False] * 3), stages=1, steps=20)
+    cheaper = Candidate("c", np.array([True] * 17 + [False] * 3), stages=2, steps=40)
+    assert select([best, cheapest, cheaper]).delivered == "b"
+    chosen = select([best, cheapest, cheaper], deliverable={"a", "c"})
+    assert chosen.delivered == "c" and [c.within_noise for c in chosen.comparisons] == [True, True, True]
+    assert chosen.reason.endswith("; left out, their weights deleted during the search: b")
+
+
+@pytest.mark.slow
+def test_a_search_deletes_what_no_trial_needs_as_it_goes_and_still_resumes(tmp_path):
+    # 4 trials one at a time, none stopped early; SIGINT in the 4th trial's 2nd epoch: no export deletes anything
+    # after a signal, so the folders show what went while the search ran.
+    root = write_tiny_search(tmp_path)
+    markers = root / "markers"
+    markers.mkdir()
+    env = {**os.environ, "TUNER_FAULT": "sigint@epoch=2,step=1,after=3", "TUNER_FAULT_DIR": str(markers)}
+    args = ("--space", str(root / "space.py"), "--data", str(root / "data"), "--storage", str(root / "runs"),
+            "--name", "pruned", "--trials", "4")
+    stopped = tuner_in_session("search", *args, env=env, pgid_file=markers / "search.pgid")
+    assert stopped.returncode == 130, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    run = root / "runs" / "pruned"
+    texts = {folder.name: (folder / "result.json").read_text() for folder in run.glob("trial_*")}
+    reports = {name: [json.loads(line) for line in text.splitlines()] for name, text in texts.items()}
+    ended = {name for name, rows in reports.items() if len(rows) == 3}
+    (running,) = set(reports) - ended
+    assert len(ended) == 3
+    # The search's best checkpoint, as the export ranks them: the highest val_acc, ties by trial id.
+    best = min(reports, key=lambda name: (-max(r["val_acc"] for r in reports[name]), name))
+
+    def holds(folder):
+        weights, marker = (folder / TRAINER_STATE).is_file(), (folder / WEIGHTS_DELETED).is_file()
+        assert weights != marker and (folder / PREDICTIONS).is_file()  # one or the other, predictions always
+        return weights
+
+    for name in ended:
+        holding = [f for f in sorted((run / name).glob("checkpoint_*")) if holds(f)]
+        if name != best:  # below the search's best: every checkpoint lost its weights when the trial ended
+            assert holding == [], name
+            record = json.loads((next((run / name).glob("checkpoint_*")) / WEIGHTS_DELETED).read_text())
+            assert record["bytes"] > 0 and record["why"].startswith("below the search's best")
+            continue
+        (kept,) = holding  # its best epoch's (what best/ delivers); its later latest lost its weights
+        epoch = int(kept.name.removeprefix("checkpoint_")) + 1
+        assert reports[name][epoch - 1]["val_acc"] == max(r["val_acc"] for r in reports[name])
+    assert holds(max((run / running).glob("checkpoint_*")))  # the interrupted trial resumes from its latest
+
+    resumed = tuner_in_session("resume", str(run))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Could not recover" not in resumed.stdout + resumed.stderr
+    after = {folder.name: (folder / "result.json").read_text() for folder in run.glob("trial_*")}
+    assert all(after[name] == texts[name] for name in ended)  # finished trials neither lost nor trained again
+    steps = [json.loads(line)["budget_steps"] for line in after[running].splitlines()]
+    assert len(steps) == 3 and len(set(steps)) == 3  # the interrupted trial went on: no round trained twice
