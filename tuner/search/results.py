@@ -18,7 +18,7 @@ from ..errors import first_line
 from ..runs import outcomes
 from ..runs.budget import SearchBudget
 from ..runs.outcomes import has_result
-from ..runs.selection import Candidate, Selection, load_candidates, save_candidates, select
+from ..runs.selection import ALPHA, Candidate, Selection, load_candidates, save_candidates, select
 from ..testing.faults import fault_point
 from ..train import folders
 from ..train.checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
@@ -346,7 +346,8 @@ def print_selection(selection: Selection | None, payload: dict[str, Any] | None,
         return
     name = _namer(rows)
     print(f"within noise of the best, {name(selection.comparisons[0].trial_id)}, on the validation images: "
-          f"accuracy, McNemar p, 95% interval of the accuracy difference:")
+          f"accuracy, McNemar p (p >= {ALPHA} is within noise: this test decides), and the paired bootstrap's "
+          f"95% interval of the accuracy difference (the noise's width):")
     width = max(len(name(c.trial_id)) for c in selection.within_noise())
     for c in selection.within_noise():
         print(f"  {name(c.trial_id):<{width}}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}  "
