@@ -26,11 +26,11 @@ def write_tiny_search(root, space: str = TINY_SPACE):
     return root
 
 
-def tuner_in_session(*args, env=None, pgid_file=None, timeout=600) -> subprocess.CompletedProcess:
-    """Run `tuner ARGS` as the leader of a session of its own; its id goes to `pgid_file` for the faults that
-    signal or kill the search (tuner/testing/faults.py), long before any of them can fire."""
+def tuner_in_session(*args, env=None, pgid_file=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
+    """Run `tuner ARGS` (in `cwd`) as the leader of a session of its own; its id goes to `pgid_file` for the
+    faults that signal or kill the search (tuner/testing/faults.py), long before any of them can fire."""
     process = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True, cwd=cwd)
     if pgid_file is not None:
         pgid_file.write_text(str(process.pid))
     try:

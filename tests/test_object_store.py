@@ -35,8 +35,8 @@ def s3(tmp_path_factory):
     server.stop()
 
 
-def tuner(*args, env, markers=None):
-    return tuner_in_session(*args, env=env, pgid_file=markers / "search.pgid" if markers else None)
+def tuner(*args, env, markers=None, cwd=None):
+    return tuner_in_session(*args, env=env, pgid_file=markers / "search.pgid" if markers else None, cwd=cwd)
 
 
 def on_node(env, root, node: str) -> dict:
@@ -72,8 +72,10 @@ def test_an_interrupted_run_at_a_uri_is_resumed_by_a_new_head_node(s3, tmp_path)
     study = study_of(client, "exp", tmp_path)
     told = {t.user_attrs["trial_id"]: (t.state.name, t.value) for t in study.trials}
     assert told == {row["trial_id"]: ("COMPLETE", row["val_acc"]) for row in rows}  # the first node's trials too
-    report = tuner("report", "s3://runs/exp", env=on_node(env, root, "third"))
+    # A run at a URI gets its report in ./report-NAME: here, not in the checkout pytest runs from.
+    report = tuner("report", "s3://runs/exp", env=on_node(env, root, "third"), cwd=tmp_path)
     assert "optuna.db agrees with trials.parquet on all 3 ended trials" in report.stdout, report.stderr[-2000:]
+    assert (tmp_path / "report-exp" / "index.html").is_file()
 
 
 def test_a_new_run_reusing_a_name_at_a_uri_starts_its_own_study(s3, tmp_path):
