@@ -113,3 +113,45 @@ def test_a_search_deletes_what_no_trial_needs_as_it_goes_and_still_resumes(tmp_p
     assert all(after[name] == texts[name] for name in ended)  # finished trials neither lost nor trained again
     steps = [json.loads(line)["budget_steps"] for line in after[running].splitlines()]
     assert len(steps) == 3 and len(set(steps)) == 3  # the interrupted trial went on: no round trained twice
+
+
+def test_a_storage_error_while_deleting_warns_and_the_next_event_deletes(tmp_path, capsys):
+    # Two ended trials' checkpoints on a file system whose deletes fail once with EIO (pyarrow over fsspec's
+    # local one): the callback must not raise, since Ray would end the search on a callback's error.
+    import errno
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+    from fsspec.implementations.local import LocalFileSystem
+    from ray import tune
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    from tuner.search.pruning import CheckpointPruner
+
+    class FailingOnce(LocalFileSystem):
+        failures = 1
+
+        def rm(self, path, *args, **kwargs):
+            if FailingOnce.failures:
+                FailingOnce.failures -= 1
+                raise OSError(errno.EIO, "Input/output error", path)
+            super().rm(path, *args, **kwargs)
+
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(FailingOnce()))
+    trials = []
+    for trial_id, score in (("a", 0.9), ("b", 0.5)):
+        folder = tmp_path / trial_id / "checkpoint_000000"
+        folder.mkdir(parents=True)
+        (folder / TRAINER_STATE).write_bytes(b"x" * 1000)
+        manager = _CheckpointManager(tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_acc"))
+        manager.register_checkpoint(_TrainingResult(tune.Checkpoint(str(folder), filesystem=fs), {"val_acc": score}))
+        trials.append(SimpleNamespace(trial_id=trial_id, status="TERMINATED",
+                                      run_metadata=SimpleNamespace(checkpoint_manager=manager)))
+    pruner = CheckpointPruner("val_acc", "max", "highest")
+    pruner.on_trial_complete(0, trials, trials[1])
+    assert "warning: could not delete unneeded checkpoint weights" in capsys.readouterr().err
+    assert (tmp_path / "b" / "checkpoint_000000" / TRAINER_STATE).is_file()
+    pruner.on_trial_complete(0, trials, trials[1])
+    assert not (tmp_path / "b" / "checkpoint_000000" / TRAINER_STATE).exists()  # the next event deleted it
+    assert (tmp_path / "a" / "checkpoint_000000" / TRAINER_STATE).is_file()  # the search's best keeps its own

@@ -19,10 +19,12 @@ of a trial whose weights are gone; the rule then chooses among the trials that s
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 from ray import tune
 
+from ..errors import first_line
 from ..internals import kept_checkpoints
 from ..runs.outcomes import has_result
 from ..runs.selection import Candidate, compare
@@ -94,10 +96,19 @@ class CheckpointPruner(tune.Callback):
         return {**self.__dict__, "predictions": {}}
 
     def on_trial_save(self, iteration, trials, trial, **info):
-        self._prune(trials, None)
+        self._prune_or_warn(trials, None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._prune(trials, trial)  # Ray marks it TERMINATED after the callbacks
+        self._prune_or_warn(trials, trial)  # Ray marks it TERMINATED after the callbacks
+
+    def _prune_or_warn(self, trials, ending) -> None:
+        """A storage error while deleting must not stop the search (Ray would end it on a callback's error):
+        it says so and tries again at the next event; the export's cleanup catches up at the end."""
+        try:
+            self._prune(trials, ending)
+        except OSError as err:
+            print(f"warning: could not delete unneeded checkpoint weights ({first_line(err)}); the search goes on "
+                  f"and tries again", file=sys.stderr, flush=True)
 
     def _prune(self, trials, ending) -> None:
         kept, checkpoints = [], {}
