@@ -13,8 +13,8 @@ from tuner.search.pruning import Kept, weights_to_delete
 from tuner.search.trainable import PREDICTIONS, TRAINER_STATE, WEIGHTS_DELETED
 
 
-def kept(path, trial, score, *, best=True, latest=False, ended=True, correct=None, steps=10):
-    candidate = None if correct is None else Candidate(trial, np.array(correct, dtype=bool), stages=1, steps=steps)
+def kept(path, trial, score, *, best=True, latest=False, ended=True, correct=None):
+    candidate = None if correct is None else Candidate(trial, np.array(correct, dtype=bool), stages=1, steps=10)
     return Kept(path, trial, score, best, latest, ended, candidate)
 
 
@@ -48,15 +48,14 @@ def test_nothing_is_deleted_before_any_checkpoint_has_a_score():
     assert deleted([kept("a/1", "a", float("nan")), kept("b/1", "b", float("nan"))]) == []
 
 
-def test_within_noise_keeps_the_cheaper_trials_a_paired_test_cannot_tell_from_the_best():
-    best = [True] * 18 + [False] * 2  # 0.90 on 20 images, at 100 steps
+def test_within_noise_keeps_the_trials_a_paired_test_cannot_tell_from_the_best():
+    best = [True] * 18 + [False] * 2  # 0.90 on 20 images
     close = [True] * 17 + [False] * 3  # 0.85: one discordant image, McNemar p = 1
     apart = [False] * 10 + [True] * 8 + [False] * 2  # 0.40: 10 discordant images, all the best's: p = 0.002
-    checkpoints = [kept("a/1", "a", 0.9, correct=best, steps=100), kept("b/1", "b", 0.85, correct=close),
-                   kept("c/1", "c", 0.4, correct=apart), kept("d/1", "d", 0.5),  # d: no predictions, kept
-                   kept("e/1", "e", 0.85, correct=close, steps=200)]  # within noise, dearer: never delivered
-    assert deleted(checkpoints, selection="within_noise") == ["c/1", "e/1"]
-    assert deleted(checkpoints, selection="highest") == ["b/1", "c/1", "d/1", "e/1"]
+    checkpoints = [kept("a/1", "a", 0.9, correct=best), kept("b/1", "b", 0.85, correct=close),
+                   kept("c/1", "c", 0.4, correct=apart), kept("d/1", "d", 0.5)]  # d: no predictions, kept
+    assert deleted(checkpoints, selection="within_noise") == ["c/1"]
+    assert deleted(checkpoints, selection="highest") == ["b/1", "c/1", "d/1"]
 
 
 def test_a_trial_whose_weights_are_gone_is_compared_but_never_delivered():
@@ -78,7 +77,7 @@ def test_a_search_deletes_what_no_trial_needs_as_it_goes_and_still_resumes(tmp_p
     markers.mkdir()
     env = {**os.environ, "TUNER_FAULT": "sigint@epoch=2,step=1,after=3", "TUNER_FAULT_DIR": str(markers)}
     args = ("--space", str(root / "space.py"), "--data", str(root / "data"), "--storage", str(root / "runs"),
-            "--name", "pruned", "--trials", "4", "--selection", "highest")  # under highest: every trial below goes
+            "--name", "pruned", "--trials", "4")
     stopped = tuner_in_session("search", *args, env=env, pgid_file=markers / "search.pgid")
     assert stopped.returncode == 130, stopped.stdout[-2000:] + stopped.stderr[-2000:]
     run = root / "runs" / "pruned"

@@ -4,16 +4,16 @@ Ray keeps each trial's best checkpoint by the metric and its latest. Of these, t
 - the search's best checkpoint (by the metric; ties by trial id, as the export ranks them): best/ delivers it;
 - the latest checkpoint of every trial that has not ended (running, waiting, errored): resume continues it;
 - under `selection: within_noise`, each trial's best checkpoint that is within noise of the search's best on
-  the validation images and cheaper than it (runs/selection.py): the rule may deliver it.
+  the validation images (runs/selection.py): the rule may deliver it.
 Every other checkpoint loses its weights as soon as this is so: when a trial saves a checkpoint (the one it
 saved before may now be neither its best nor its latest) and when a trial ends (completed, stopped early by
 ASHA, diverged: nothing resumes it). Its folder stays with its per-image predictions, for the selection's
 comparisons, and a WEIGHTS_DELETED record; Ray deletes the folder when it would have, and the export deletes
 the ended trials' folders (results.drop_finished_checkpoints).
 
-Under `highest` this deletes nothing that could ever be delivered: a checkpoint below the search's best
-stays below it, since the best only rises. Under within_noise (the default) a later best may have within
-noise a trial whose weights are gone; the rule then chooses among the trials that still hold theirs.
+Under `highest` (the default) this deletes nothing that could ever be delivered: a checkpoint below the
+search's best stays below it, since the best only rises. Under within_noise a later best may be within noise
+of a trial whose weights are gone; the rule then chooses among the trials that still hold theirs.
 """
 
 from __future__ import annotations
@@ -65,21 +65,19 @@ def weights_to_delete(kept: list[Kept], mode: str, selection: str) -> list[tuple
             continue
         if not k.best:
             doomed.append((k, "the trial has ended, and this is not its best"))
-        elif selection == "within_noise" and _maybe_deliverable(best, k):
+        elif selection == "within_noise" and _maybe_within_noise(best, k):
             continue
         else:
             doomed.append((k, f"below the search's best ({best.score:.4f}, trial {best.trial_id})"))
     return doomed
 
 
-def _maybe_deliverable(best: Kept, other: Kept) -> bool:
-    """What within_noise could deliver instead of the best: a trial within noise of it on the validation
-    images and cheaper (fewer trained stages, then steps: the rule takes the cheapest, and the best is always
-    among those it takes from); True when that is not known (no predictions)."""
+def _maybe_within_noise(best: Kept, other: Kept) -> bool:
+    """Within noise of the best on the validation images, or not known to be apart (no predictions)."""
     ours, theirs = best.candidate, other.candidate
     if ours is None or theirs is None or ours.correct.shape != theirs.correct.shape:
         return True
-    return (theirs.stages, theirs.steps) < (ours.stages, ours.steps) and compare(ours, theirs).within_noise
+    return compare(ours, theirs).within_noise
 
 
 class CheckpointPruner(tune.Callback):
