@@ -8,18 +8,23 @@ import numpy as np
 import pytest
 from stopped_searches import tuner_in_session, write_tiny_search
 
-from tuner.runs.selection import Candidate, select
+from tuner.runs.selection import ALPHA, Candidate, may_be_within_noise_of_a_better, mcnemar_p_of_counts, select
+from tuner.runs.selection import CANDIDATES as SELECTION_CANDIDATES
 from tuner.search.pruning import Kept, weights_to_delete
 from tuner.search.trainable import PREDICTIONS, TRAINER_STATE, WEIGHTS_DELETED
 
 
-def kept(path, trial, score, *, best=True, latest=False, ended=True, correct=None):
-    candidate = None if correct is None else Candidate(trial, np.array(correct, dtype=bool), stages=1, steps=10)
+def kept(path, trial, score, *, best=True, latest=False, ended=True, correct=None, steps=10):
+    candidate = None if correct is None else Candidate(trial, np.array(correct, dtype=bool), stages=1, steps=steps)
     return Kept(path, trial, score, best, latest, ended, candidate)
 
 
-def deleted(checkpoints, selection="highest", mode="max"):
-    return sorted(k.path for k, _ in weights_to_delete(checkpoints, mode, selection))
+def deleted(checkpoints, selection="highest", mode="max", metric="val_acc"):
+    return sorted(k.path for k, _ in weights_to_delete(checkpoints, metric, mode, selection))
+
+
+def reasons(checkpoints, selection="highest"):
+    return {k.path: why for k, why in weights_to_delete(checkpoints, "val_acc", "max", selection)}
 
 
 def test_only_the_search_best_and_unfinished_trials_latest_checkpoints_keep_their_weights():
@@ -32,9 +37,9 @@ def test_only_the_search_best_and_unfinished_trials_latest_checkpoints_keep_thei
         kept("d/2", "d", 0.4, latest=True, ended=False),  # a running trial's best and latest: kept
     ]
     assert deleted(checkpoints) == ["a/2", "b/1", "c/1"]
-    reasons = dict((k.path, why) for k, why in weights_to_delete(checkpoints, "max", "highest"))
-    assert reasons["b/1"] == "below the search's best (0.9000, trial a)"
-    assert reasons["a/2"] == "the trial has ended, and this is not its best"
+    why = reasons(checkpoints)
+    assert why["b/1"] == "below the search's best (0.9000, trial a)"
+    assert why["a/2"] == "the trial has ended, and this is not its best"
 
 
 def test_the_best_is_found_as_the_export_ranks_ties_by_trial_id_and_by_the_mode():
@@ -48,14 +53,51 @@ def test_nothing_is_deleted_before_any_checkpoint_has_a_score():
     assert deleted([kept("a/1", "a", float("nan")), kept("b/1", "b", float("nan"))]) == []
 
 
-def test_within_noise_keeps_the_trials_a_paired_test_cannot_tell_from_the_best():
+def test_within_noise_keeps_every_trial_that_some_later_best_could_be_within_noise_of():
     best = [True] * 18 + [False] * 2  # 0.90 on 20 images
     close = [True] * 17 + [False] * 3  # 0.85: one discordant image, McNemar p = 1
-    apart = [False] * 10 + [True] * 8 + [False] * 2  # 0.40: 10 discordant images, all the best's: p = 0.002
+    # 0.60, right only where the best is: McNemar p = 0.031 against it (6 discordant images, all the best's),
+    # but a later trial as good, wrong on 2 of these 12, right on the other 18, has p = 0.11 against it.
+    lower = [True] * 12 + [False] * 8
+    apart = [False] * 10 + [True] * 8 + [False] * 2  # 0.40: no trial as good as the best is within noise of it
     checkpoints = [kept("a/1", "a", 0.9, correct=best), kept("b/1", "b", 0.85, correct=close),
-                   kept("c/1", "c", 0.4, correct=apart), kept("d/1", "d", 0.5)]  # d: no predictions, kept
+                   kept("c/1", "c", 0.4, correct=apart), kept("d/1", "d", 0.5),  # d: no predictions, kept
+                   kept("e/1", "e", 0.6, correct=lower)]
     assert deleted(checkpoints, selection="within_noise") == ["c/1"]
-    assert deleted(checkpoints, selection="highest") == ["b/1", "c/1", "d/1"]
+    assert reasons(checkpoints, "within_noise")["c/1"].startswith("apart from any trial as good as the search's best")
+    assert deleted(checkpoints, selection="highest") == ["b/1", "c/1", "d/1", "e/1"]
+    # Ranked by val_loss, a better trial may be less accurate: no accuracy bound, only the rank and the probe.
+    assert deleted(checkpoints, selection="within_noise", metric="val_loss", mode="min") == []
+
+
+def test_within_noise_deletes_what_ranks_below_the_compared_trials_or_below_an_ended_probe_head():
+    top = [kept(f"{n}/1", f"t{n:02d}", 0.9 - n / 100) for n in range(SELECTION_CANDIDATES)]  # no predictions
+    eleventh = kept("x/1", "x", 0.5)
+    assert deleted([*top, eleventh], selection="within_noise") == ["x/1"]
+    assert deleted([*top[:-1], eleventh], selection="within_noise") == []  # 9 above it: it may be compared
+    best = [True] * 18 + [False] * 2
+    probe = [True] * 16 + [False] * 4  # 0.80 at step 0: the rule delivers nothing less accurate
+    below = [True] * 15 + [False] * 5  # 0.75: within noise of the best, but below the probe head
+    checkpoints = [kept("a/1", "a", 0.9, correct=best), kept("p/1", "p", 0.8, correct=probe, steps=0),
+                   kept("b/1", "b", 0.75, correct=below)]
+    assert deleted(checkpoints, selection="within_noise") == ["b/1"]
+    assert reasons(checkpoints, "within_noise")["b/1"] == (
+        "below the probe head of trial p, under which the rule delivers nothing")
+    running_probe = [*checkpoints[:1], kept("p/1", "p", 0.8, correct=probe, steps=0, ended=False),
+                     checkpoints[2]]  # its best may become a later round, no longer a probe head: b may be compared
+    assert deleted(running_probe, selection="within_noise") == []
+
+
+@pytest.mark.parametrize("images", [6, 9, 14])
+def test_the_bound_on_mcnemar_is_the_largest_p_of_any_better_classifier(images):
+    # Every classifier with at least `at_least` right, by its discordant counts against `other`, enumerated.
+    for right in range(images + 1):
+        other = Candidate("o", np.array([True] * right + [False] * (images - right)), stages=1, steps=1)
+        for at_least in range(images + 1):
+            possible = any(mcnemar_p_of_counts(b, c) >= ALPHA
+                           for b in range(right + 1) for c in range(images - right + 1)
+                           if right - b + c >= at_least)
+            assert may_be_within_noise_of_a_better(other, at_least) == possible, (right, at_least)
 
 
 def test_a_trial_whose_weights_are_gone_is_compared_but_never_delivered():
@@ -77,7 +119,7 @@ def test_a_search_deletes_what_no_trial_needs_as_it_goes_and_still_resumes(tmp_p
     markers.mkdir()
     env = {**os.environ, "TUNER_FAULT": "sigint@epoch=2,step=1,after=3", "TUNER_FAULT_DIR": str(markers)}
     args = ("--space", str(root / "space.py"), "--data", str(root / "data"), "--storage", str(root / "runs"),
-            "--name", "pruned", "--trials", "4")
+            "--name", "pruned", "--trials", "4", "--selection", "highest")  # under highest: every trial below goes
     stopped = tuner_in_session("search", *args, env=env, pgid_file=markers / "search.pgid")
     assert stopped.returncode == 130, stopped.stdout[-2000:] + stopped.stderr[-2000:]
     run = root / "runs" / "pruned"

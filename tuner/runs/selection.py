@@ -31,6 +31,9 @@ ALPHA = 0.05  # McNemar's p below this: the trial is told apart from the best
 BOOTSTRAP_RESAMPLES = 2000  # the 95% interval's ends move by well under an image at this count
 BOOTSTRAP_SEED = 0
 RULES = ("within_noise", "highest")  # the run setting `selection`: this module's rule, or today's maximum
+# Trials compared with the best: the top of the ranking by the metric, where a near-tie can be; more would only
+# add trials that are plainly worse (or, by chance, look as good: every comparison is a new chance of one).
+CANDIDATES = 10
 
 
 @dataclass(frozen=True)
@@ -82,13 +85,31 @@ def mcnemar_p(best: np.ndarray, other: np.ndarray) -> float:
 
     Under "equally accurate" each discordant image is a fair coin: p = 2 P(X <= min(b, c)), X ~ Bin(b + c, 1/2).
     """
-    b = int(np.sum(best & ~other))
-    c = int(np.sum(~best & other))
+    return mcnemar_p_of_counts(int(np.sum(best & ~other)), int(np.sum(~best & other)))
+
+
+def mcnemar_p_of_counts(b: int, c: int) -> float:
+    """mcnemar_p from the discordant counts: b images only the first gets right, c only the second."""
     n = b + c
     if n == 0:
         return 1.0
     tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def may_be_within_noise_of_a_better(other: Candidate, at_least: int) -> bool:
+    """Whether some classifier right on at least `at_least` of these images could be within noise of `other`.
+
+    Against one with n >= at_least right, the images only it gets right (c) outnumber the images only `other`
+    gets right (b) by n - n_other, and b is at most min(n_other, images - n). McNemar's p grows with b at a
+    fixed difference and shrinks as the difference grows, so the largest p is at n = at_least, b at its most.
+    """
+    images, right = other.correct.size, int(other.correct.sum())
+    difference = at_least - right
+    if difference <= 0:
+        return True
+    most_b = min(right, images - at_least)
+    return mcnemar_p_of_counts(most_b, most_b + difference) >= ALPHA
 
 
 def bootstrap_interval(best: np.ndarray, other: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES,

@@ -80,15 +80,13 @@ class RunSettings:
         "best", "best: delete, as the search goes, the weights of checkpoints that no trial will be delivered or "
                 "resumed from, and when it ends the checkpoints of finished trials other than the best trial's; "
                 "all: keep them", choices=KEEP_CHECKPOINTS)
-    # highest, as searches did before. On bench/transfer.py (3 seeds, commit 3d91706) within_noise delivered
-    # test_acc 0.653 and 0.669 at 10 and 50 images a class where highest delivered 0.623 and 0.641, but with
-    # search/pruning.py it can lose a trial it would deliver (a running best grows dearer as it trains after
-    # a cheaper trial was judged against it), so it stays opt-in until pruning keeps every trial it may take.
+    # within_noise: on bench/transfer.py (3 seeds, 10 and 50 images a class) it delivered test_acc 0.653 and
+    # 0.669 where highest delivered 0.623 and 0.641, from the same trials (bench/README.md).
     selection: str = setting(
-        "highest", "which trial best/ delivers: highest, the best by the metric; within_noise, the cheapest (fewest "
-                   "trained stages, then steps) of the top trials that a paired test cannot tell from the best on the "
-                   "validation images (opt-in until bench/transfer.py measures it); either way the summary lists the "
-                   "trials within noise", in_space_file=True, choices=RULES)
+        "within_noise", "which trial best/ delivers: within_noise, the cheapest (fewest trained stages, then steps) "
+                        "of the top trials that a paired test cannot tell from the best on the validation images; "
+                        "highest, the best by the metric; either way the summary lists the trials within noise",
+        in_space_file=True, choices=RULES)
     refit: str = setting(
         "auto", f"after the search, train the chosen configuration again on train+val for its chosen steps "
                 f"and deliver that in best/ (the search's own checkpoint is kept in best/search/); auto: on below "

@@ -3,17 +3,19 @@
 Ray keeps each trial's best checkpoint by the metric and its latest. Of these, the search may still need:
 - the search's best checkpoint (by the metric; ties by trial id, as the export ranks them): best/ delivers it;
 - the latest checkpoint of every trial that has not ended (running, waiting, errored): resume continues it;
-- under `selection: within_noise`, each trial's best checkpoint that is within noise of the search's best on
-  the validation images (runs/selection.py): the rule may deliver it.
+- under `selection: within_noise`, each trial's best checkpoint that the rule (runs/selection.py) may deliver
+  when the search ends, whatever the trials still to come score: all but those ranked below the top trials
+  it compares, below an ended probe head, or too far below the search's best for any trial at least as good
+  to be within noise of them (an exact bound on McNemar's p).
 Every other checkpoint loses its weights as soon as this is so: when a trial saves a checkpoint (the one it
 saved before may now be neither its best nor its latest) and when a trial ends (completed, stopped early by
 ASHA, diverged: nothing resumes it). Its folder stays with its per-image predictions, for the selection's
 comparisons, and a WEIGHTS_DELETED record; Ray deletes the folder when it would have, and the export deletes
 the ended trials' folders (results.drop_finished_checkpoints).
 
-Under `highest` (the default) this deletes nothing that could ever be delivered: a checkpoint below the
-search's best stays below it, since the best only rises. Under within_noise a later best may be within noise
-of a trial whose weights are gone; the rule then chooses among the trials that still hold theirs.
+Either way this deletes nothing that could ever be delivered, so `--keep-checkpoints` never changes which
+trial best/ holds: under `highest` a checkpoint below the search's best stays below it, since the best only
+rises; under within_noise each reason to delete holds whatever comes later.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ray import tune
 from ..errors import first_line
 from ..internals import kept_checkpoints
 from ..runs.outcomes import has_result
-from ..runs.selection import ALPHA, Candidate, mcnemar_p
+from ..runs.selection import ALPHA, CANDIDATES, Candidate, may_be_within_noise_of_a_better
 from .trainable import checkpoint_candidate, delete_weights
 
 TRIAL_ENDED = "TERMINATED"  # Ray's status of a trial that completed or was stopped (never resumed)
@@ -53,7 +55,7 @@ def search_best(kept: list[Kept], mode: str) -> Kept | None:
     return min(scored, key=lambda k: (sign * k.score, k.trial_id), default=None)
 
 
-def weights_to_delete(kept: list[Kept], mode: str, selection: str) -> list[tuple[Kept, str]]:
+def weights_to_delete(kept: list[Kept], metric: str, mode: str, selection: str) -> list[tuple[Kept, str]]:
     """The checkpoints whose weights no trial will be delivered or resumed from, each with why (the module's
     rule). Nothing before any checkpoint has a score: the best is not known yet."""
     best = search_best(kept, mode)
@@ -65,21 +67,44 @@ def weights_to_delete(kept: list[Kept], mode: str, selection: str) -> list[tuple
             continue
         if not k.best:
             doomed.append((k, "the trial has ended, and this is not its best"))
-        elif selection == "within_noise" and _maybe_within_noise(best, k):
             continue
-        else:
-            doomed.append((k, f"below the search's best ({best.score:.4f}, trial {best.trial_id})"))
+        why = f"below the search's best ({best.score:.4f}, trial {best.trial_id})"
+        if selection == "within_noise":
+            why = _never_delivered(k, kept, best, metric, mode)
+        if why:
+            doomed.append((k, why))
     return doomed
 
 
-def _maybe_within_noise(best: Kept, other: Kept) -> bool:
-    """Within noise of the best on the validation images, or not known to be apart (no predictions)."""
-    ours, theirs = best.candidate, other.candidate
-    if ours is None or theirs is None or ours.correct.shape != theirs.correct.shape:
-        return True
-    # McNemar alone decides (selection.compare's bootstrap interval is for the summary: 2,000 resamples per
-    # checkpoint at every save would be wasted here).
-    return mcnemar_p(ours.correct, theirs.correct) >= ALPHA
+def _never_delivered(k: Kept, kept: list[Kept], best: Kept, metric: str, mode: str) -> str | None:
+    """Why within_noise can never deliver trial k's best checkpoint, whatever the trials still to come score;
+    None when it may. A trial's best only rises and an ended trial's is final, so each reason stays true."""
+    sign = -1 if mode == "max" else 1
+    rank = (sign * k.score, k.trial_id)
+    above = [o for o in kept if o.best and has_result(o.score) and (sign * o.score, o.trial_id) < rank]
+    if len({o.trial_id for o in above}) >= CANDIDATES:
+        return f"{CANDIDATES} trials rank above it: the rule compares only the top {CANDIDATES}"
+    if k.candidate is None:
+        return None
+    # A probe head above k that has ended: compared whenever k is, and the rule delivers nothing below it.
+    probes = [o for o in above if o.ended and _comparable(o, k) and o.candidate.is_probe
+              and k.candidate.accuracy < o.candidate.accuracy]
+    if probes:
+        return f"below the probe head of trial {probes[0].trial_id}, under which the rule delivers nothing"
+    # The search's final best is right on at least as many validation images as today's (the metric is
+    # their accuracy): if no such classifier can be within noise of k, none ever will be.
+    if metric == "val_acc" and _comparable(best, k):
+        if not may_be_within_noise_of_a_better(k.candidate, int(best.candidate.correct.sum())):
+            return (f"apart from any trial as good as the search's best ({best.score:.4f}, trial {best.trial_id}) "
+                    f"on the validation images (McNemar p < {ALPHA} at most)")
+    return None
+
+
+def _comparable(a: Kept, b: Kept) -> bool:
+    """Both have per-image predictions, over the same images."""
+    if a.candidate is None or b.candidate is None:
+        return False
+    return a.candidate.correct.shape == b.candidate.correct.shape
 
 
 class CheckpointPruner(tune.Callback):
@@ -123,7 +148,7 @@ class CheckpointPruner(tune.Callback):
                 checkpoints[checkpoint.path] = checkpoint
                 kept.append(Kept(checkpoint.path, trial.trial_id, score if has_result(score) else math.nan, best,
                                  latest, ended, self._candidate(checkpoint, metrics, trial.trial_id)))
-        for k, why in weights_to_delete(kept, self.mode, self.selection):
+        for k, why in weights_to_delete(kept, self.metric, self.mode, self.selection):
             freed = delete_weights(checkpoints[k.path], why)
             self.done.add(k.path)
             CheckpointPruner.deleted["checkpoints"] += bool(freed)

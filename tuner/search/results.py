@@ -18,7 +18,7 @@ from ..errors import first_line
 from ..runs import outcomes
 from ..runs.budget import SearchBudget
 from ..runs.outcomes import has_result
-from ..runs.selection import ALPHA, Candidate, Selection, load_candidates, save_candidates, select
+from ..runs.selection import ALPHA, CANDIDATES, Candidate, Selection, load_candidates, save_candidates, select
 from ..testing.faults import fault_point
 from ..train import folders
 from ..train.checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
@@ -118,9 +118,6 @@ def ranked_checkpoints(grid, metric: str, mode: str) -> list[tuple[Any, dict[str
     return sorted(kept, key=lambda pair: (sign * pair[1][metric], pair[1].get("trial_id") or ""))
 
 
-# Trials compared with the best: the top of the ranking, where a near-tie can be; more would only add
-# trials that are plainly worse (or, by chance, look as good: every comparison is a new chance of one).
-SELECTION_CANDIDATES = 10
 SELECTION_EVIDENCE = "val_predictions.npz"  # in the run folder: the candidates compared (selection.save_candidates)
 SELECTION_COLUMNS = ("delivered", "within_noise", "mcnemar_p", "diff_low", "diff_high")  # trials.parquet
 
@@ -176,7 +173,7 @@ def _candidates(ranked: list[tuple[Any, dict[str, Any]]], settings, run_dir: Pat
     found = {}
     for checkpoint, metrics in ranked:  # best first: a trial's first checkpoint is its best
         trial_id = metrics.get("trial_id")
-        if trial_id in found or len(found) == SELECTION_CANDIDATES:
+        if trial_id in found or len(found) == CANDIDATES:
             continue
         candidate = checkpoint_candidate(checkpoint, metrics, settings.metric)
         if candidate is None and trial_id not in recorded:
@@ -185,7 +182,7 @@ def _candidates(ranked: list[tuple[Any, dict[str, Any]]], settings, run_dir: Pat
     # Ties by trial id: the same best and order in every export, whichever checkpoints are left.
     sign = -1 if settings.mode == "max" else 1
     candidates = sorted([*found.values(), *(c for c in recorded.values() if c.trial_id not in found)],
-                        key=lambda c: (sign * c.score, c.trial_id))[:SELECTION_CANDIDATES]
+                        key=lambda c: (sign * c.score, c.trial_id))[:CANDIDATES]
     if len({c.correct.shape for c in candidates}) > 1:
         return None
     if evidence:
