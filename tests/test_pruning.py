@@ -75,6 +75,14 @@ def test_within_noise_deletes_what_ranks_below_the_compared_trials_or_below_an_e
     eleventh = kept("x/1", "x", 0.5)
     assert deleted([*top, eleventh], selection="within_noise") == ["x/1"]
     assert deleted([*top[:-1], eleventh], selection="within_noise") == []  # 9 above it: it may be compared
+    # The best probe head is compared wherever it ranks, unless an ended trial's probe head ranks above it.
+    head = [True] * 10 + [False] * 10
+    probe = kept("p/1", "p", 0.5, correct=head, steps=0)
+    assert deleted([*top, probe], selection="within_noise") == []
+    above = kept("o/1", "o", 0.5, correct=head, steps=0)  # the same probe head, earlier by trial id
+    assert deleted([*top, above, probe], selection="within_noise") == ["p/1"]
+    running = kept("o/1", "o", 0.5, correct=head, steps=0, ended=False)  # its best may move past the probe round
+    assert deleted([*top, running, probe], selection="within_noise") == []
     best = [True] * 18 + [False] * 2
     probe = [True] * 16 + [False] * 4  # 0.80 at step 0: the rule delivers nothing less accurate
     below = [True] * 15 + [False] * 5  # 0.75: within noise of the best, but below the probe head

@@ -8,8 +8,10 @@ import pytest
 
 from tuner.runs.selection import (
     ALPHA,
+    CANDIDATES,
     Candidate,
     bootstrap_interval,
+    compared,
     load_candidates,
     mcnemar_p,
     save_candidates,
@@ -97,6 +99,15 @@ def test_a_probe_head_within_noise_is_delivered():
     assert select(candidates).delivered == "p"
 
 
+def test_a_probe_head_counts_no_trained_stage_whatever_its_trials_depth():
+    best = best_correct(72)
+    candidates = [Candidate("a", best, stages=2, steps=100),
+                  Candidate("h", planted(best, lost=2, won=0), stages=1, steps=20),  # layer4 and the head, 20 steps
+                  Candidate("p", planted(best, lost=3, won=1), stages=3, steps=0)]  # a depth-3 trial's probe round
+    selection = select(candidates)
+    assert selection.delivered == "p" and "trial p (0 trained stages, 0 steps)" in selection.reason
+
+
 def test_never_a_trial_below_the_probe_head():
     best = best_correct(80)
     # The probe is told apart from the best (10 losses, no wins: p 0.002) but still scores 0.70;
@@ -111,6 +122,21 @@ def test_never_a_trial_below_the_probe_head():
     assert "left out below the probe head's accuracy 0.7000: x" in selection.reason
     # Without the probe among the candidates, x is the cheapest within noise.
     assert select([candidates[0], candidates[2]]).delivered == "x"
+
+
+def test_the_best_probe_head_is_compared_even_below_the_top_trials():
+    best = best_correct(80)
+    tuned = [Candidate(f"t{i:02d}", planted(best, lost=i, won=0), stages=2, steps=100) for i in range(CANDIDATES + 2)]
+    probes = [Candidate("p", planted(best, lost=12, won=0), stages=0, steps=0),
+              Candidate("q", planted(best, lost=15, won=0), stages=0, steps=0)]
+    ranked = [*tuned, *probes]  # best first: both probe heads below the top
+    assert [c.trial_id for c in compared(ranked)] == [c.trial_id for c in tuned[:CANDIDATES]] + ["p"]
+    in_top = [*tuned[:3], probes[1], *tuned[3:]]  # a probe head among the top: the top alone
+    assert compared(in_top) == in_top[:CANDIDATES]
+    assert compared(tuned) == tuned[:CANDIDATES]  # no probe head at all
+    # A probe head below the top and within noise of the best (4 losses: p 0.125) is the cheapest: delivered.
+    probe = Candidate("r", planted(best, lost=4, won=0), stages=0, steps=0)
+    assert select(compared([*tuned, probe])).delivered == "r"
 
 
 def test_candidates_over_different_images_are_refused():

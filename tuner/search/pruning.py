@@ -5,8 +5,8 @@ Ray keeps each trial's best checkpoint by the metric and its latest. Of these, t
 - the latest checkpoint of every trial that has not ended (running, waiting, errored): resume continues it;
 - under `selection: within_noise`, each trial's best checkpoint that the rule (runs/selection.py) may deliver
   when the search ends, whatever the trials still to come score: all but those ranked below the top trials
-  it compares, below an ended probe head, or too far below the search's best for any trial at least as good
-  to be within noise of them (an exact bound on McNemar's p).
+  it compares (and not the best probe head), below an ended probe head, or too far below the search's best
+  for any trial at least as good to be within noise of them (an exact bound on McNemar's p).
 Every other checkpoint loses its weights as soon as this is so: when a trial saves a checkpoint (the one it
 saved before may now be neither its best nor its latest) and when a trial ends (completed, stopped early by
 ASHA, diverged: nothing resumes it). Its folder stays with its per-image predictions, for the selection's
@@ -82,8 +82,12 @@ def _never_delivered(k: Kept, kept: list[Kept], best: Kept, metric: str, mode: s
     sign = -1 if mode == "max" else 1
     rank = (sign * k.score, k.trial_id)
     above = [o for o in kept if o.best and has_result(o.score) and (sign * o.score, o.trial_id) < rank]
-    if len({o.trial_id for o in above}) >= CANDIDATES:
-        return f"{CANDIDATES} trials rank above it: the rule compares only the top {CANDIDATES}"
+    # Below the top the rule still compares the best probe head (selection.compared): k may become it unless
+    # an ended trial's probe head ranks above it (a running trial's best may yet move past its probe round).
+    probe_above = any(o.ended and o.candidate is not None and o.candidate.is_probe for o in above)
+    k_is_probe = k.candidate is not None and k.candidate.is_probe
+    if len({o.trial_id for o in above}) >= CANDIDATES and (probe_above or not k_is_probe):
+        return f"{CANDIDATES} trials rank above it: the rule compares only the top {CANDIDATES} and the best probe head"
     if k.candidate is None:
         return None
     # A probe head above k that has ended: compared whenever k is, and the rule delivers nothing below it.

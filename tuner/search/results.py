@@ -18,7 +18,16 @@ from ..errors import first_line
 from ..runs import outcomes
 from ..runs.budget import SearchBudget
 from ..runs.outcomes import has_result
-from ..runs.selection import ALPHA, CANDIDATES, Candidate, Selection, load_candidates, save_candidates, select
+from ..runs.selection import (
+    ALPHA,
+    CANDIDATES,
+    Candidate,
+    Selection,
+    compared,
+    load_candidates,
+    save_candidates,
+    select,
+)
 from ..testing.faults import fault_point
 from ..train import folders
 from ..train.checkpoint import CorruptCheckpoint, atomic_write, model_payload, write_best
@@ -165,24 +174,31 @@ def _checkpoint_name(ranked: list[tuple[Any, dict[str, Any]]], trial_id: str) ->
 
 
 def _candidates(ranked: list[tuple[Any, dict[str, Any]]], settings, run_dir: Path | None) -> list[Candidate] | None:
-    """The best checkpoint of each of the top trials with its per-image correctness, the best first; a trial
-    whose checkpoint is gone (deleted by an earlier export) as run_dir's record of that export has it. None
-    if one of them has no predictions either way."""
+    """The trials the rule compares (selection.compared: the top trials and the best probe head), each at its
+    best checkpoint with its per-image correctness, the best first; a trial whose checkpoint is gone (deleted
+    by an earlier export) as run_dir's record of that export has it. None if one of the top trials has no
+    predictions either way."""
     evidence = run_dir / SELECTION_EVIDENCE if run_dir else None
     recorded = {c.trial_id: c for c in (load_candidates(evidence) if evidence else [])}
-    found = {}
+    found, seen = {}, set()
     for checkpoint, metrics in ranked:  # best first: a trial's first checkpoint is its best
         trial_id = metrics.get("trial_id")
-        if trial_id in found or len(found) == CANDIDATES:
+        if trial_id in seen:
+            continue
+        seen.add(trial_id)
+        beyond = len(seen) > CANDIDATES  # below the top, only the best probe head is read (step 0)
+        if beyond and (metrics.get("step") or any(c.is_probe for c in found.values())):
             continue
         candidate = checkpoint_candidate(checkpoint, metrics, settings.metric)
         if candidate is None and trial_id not in recorded:
+            if beyond:
+                continue
             return None
         found[trial_id] = candidate or recorded[trial_id]
     # Ties by trial id: the same best and order in every export, whichever checkpoints are left.
     sign = -1 if settings.mode == "max" else 1
-    candidates = sorted([*found.values(), *(c for c in recorded.values() if c.trial_id not in found)],
-                        key=lambda c: (sign * c.score, c.trial_id))[:CANDIDATES]
+    candidates = compared(sorted([*found.values(), *(c for c in recorded.values() if c.trial_id not in found)],
+                                 key=lambda c: (sign * c.score, c.trial_id)))
     if len({c.correct.shape for c in candidates}) > 1:
         return None
     if evidence:
