@@ -82,17 +82,17 @@ def _never_delivered(k: Kept, kept: list[Kept], best: Kept, metric: str, mode: s
     sign = -1 if mode == "max" else 1
     rank = (sign * k.score, k.trial_id)
     above = [o for o in kept if o.best and has_result(o.score) and (sign * o.score, o.trial_id) < rank]
+    # Ended trials' probe heads are final (a running trial's best may yet move past its probe round).
+    ended_probes = [o for o in above if o.ended and o.candidate is not None and o.candidate.is_probe]
     # Below the top the rule still compares the best probe head (selection.compared): k may become it unless
-    # an ended trial's probe head ranks above it (a running trial's best may yet move past its probe round).
-    probe_above = any(o.ended and o.candidate is not None and o.candidate.is_probe for o in above)
+    # an ended trial's probe head ranks above it.
     k_is_probe = k.candidate is not None and k.candidate.is_probe
-    if len({o.trial_id for o in above}) >= CANDIDATES and (probe_above or not k_is_probe):
+    if len({o.trial_id for o in above}) >= CANDIDATES and (ended_probes or not k_is_probe):
         return f"{CANDIDATES} trials rank above it: the rule compares only the top {CANDIDATES} and the best probe head"
     if k.candidate is None:
         return None
     # A probe head above k that has ended: compared whenever k is, and the rule delivers nothing below it.
-    probes = [o for o in above if o.ended and _comparable(o, k) and o.candidate.is_probe
-              and k.candidate.accuracy < o.candidate.accuracy]
+    probes = [o for o in ended_probes if _comparable(o, k) and k.candidate.accuracy < o.candidate.accuracy]
     if probes:
         return f"below the probe head of trial {probes[0].trial_id}, under which the rule delivers nothing"
     # The search's final best is right on at least as many validation images as today's (the metric is
