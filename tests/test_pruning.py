@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from stopped_searches import tuner_in_session, write_tiny_search
 
-from tuner.runs.selection import ALPHA, Candidate, may_be_within_noise_of_a_better, mcnemar_p_of_counts, select
+from tuner.runs.selection import (
+    ALPHA,
+    MOST_COMPARISONS,
+    Candidate,
+    may_be_within_noise_of_a_better,
+    mcnemar_p_of_counts,
+    select,
+)
 from tuner.runs.selection import CANDIDATES as SELECTION_CANDIDATES
 from tuner.search.pruning import Kept, weights_to_delete
 from tuner.search.trainable import PREDICTIONS, TRAINER_STATE, WEIGHTS_DELETED
@@ -59,11 +66,17 @@ def test_within_noise_keeps_every_trial_that_some_later_best_could_be_within_noi
     # 0.60, right only where the best is: McNemar p = 0.031 against it (6 discordant images, all the best's),
     # but a later trial as good, wrong on 2 of these 12, right on the other 18, has p = 0.11 against it.
     lower = [True] * 12 + [False] * 8
-    apart = [False] * 10 + [True] * 8 + [False] * 2  # 0.40: no trial as good as the best is within noise of it
+    # 0.10: a trial as good as the best has McNemar p 2 (1 + 20 + 190) / 2**20 = 4e-4 against it at most, below
+    # 0.05 / MOST_COMPARISONS, which Holm's adjustment rejects however many trials are compared.
+    apart = [False] * 18 + [True] * 2
     checkpoints = [kept("a/1", "a", 0.9, correct=best), kept("b/1", "b", 0.85, correct=close),
-                   kept("c/1", "c", 0.4, correct=apart), kept("d/1", "d", 0.5),  # d: no predictions, kept
+                   kept("c/1", "c", 0.1, correct=apart), kept("d/1", "d", 0.5),  # d: no predictions, kept
                    kept("e/1", "e", 0.6, correct=lower)]
     assert deleted(checkpoints, selection="within_noise") == ["c/1"]
+    # At 0.40 the largest p is 0.013: Holm over 10 comparisons might keep it within noise, so it stays.
+    nearer = [*checkpoints[:2], kept("c/1", "c", 0.4, correct=[False] * 10 + [True] * 8 + [False] * 2),
+              *checkpoints[3:]]
+    assert deleted(nearer, selection="within_noise") == []
     assert reasons(checkpoints, "within_noise")["c/1"].startswith("apart from any trial as good as the search's best")
     assert deleted(checkpoints, selection="highest") == ["b/1", "c/1", "d/1", "e/1"]
     # Ranked by val_loss, a better trial may be less accurate: no accuracy bound, only the rank and the probe.
@@ -102,7 +115,7 @@ def test_the_bound_on_mcnemar_is_the_largest_p_of_any_better_classifier(images):
     for right in range(images + 1):
         other = Candidate("o", np.array([True] * right + [False] * (images - right)), stages=1, steps=1)
         for at_least in range(images + 1):
-            possible = any(mcnemar_p_of_counts(b, c) >= ALPHA
+            possible = any(mcnemar_p_of_counts(b, c) >= ALPHA / MOST_COMPARISONS
                            for b in range(right + 1) for c in range(images - right + 1)
                            if right - b + c >= at_least)
             assert may_be_within_noise_of_a_better(other, at_least) == possible, (right, at_least)

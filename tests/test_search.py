@@ -155,6 +155,9 @@ def test_best_checkpoints_hold_val_predictions_and_the_summary_names_the_deliver
         assert candidate.accuracy == pytest.approx(trials[candidate.trial_id]["val_acc"])
     selection = select(candidates)
     assert selection.delivered == metrics["trial_id"] and selection.reason == metrics["selection"]
+    for c in selection.comparisons:  # the table holds each comparison, Holm's adjustment (which decides) included
+        row = trials[c.trial_id]
+        assert (row["mcnemar_p"], row["holm_p"], row["within_noise"]) == (c.mcnemar_p, c.holm_p, c.within_noise)
     number = trials[metrics["trial_id"]]["number"]  # the trial's one name, as its progress lines gave it
     assert f"delivered: trial {number} ({metrics['trial_id']}) epoch {metrics['epoch']}" in output
     assert f"trial {number:>3} ({metrics['trial_id']}) started" in output
@@ -163,7 +166,7 @@ def test_best_checkpoints_hold_val_predictions_and_the_summary_names_the_deliver
         assert "within noise of the best" in output
         for c in selection.within_noise():
             name = f"trial {trials[c.trial_id]['number']} ({c.trial_id})"  # 6 trials: one width
-            assert f"  {name}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}" in output
+            assert f"  {name}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}  Holm p {c.holm_p:.3f}" in output
 
 
 def test_the_compute_choice_is_printed_recorded_and_used_by_the_trials(finished):

@@ -12,6 +12,7 @@ from tuner.runs.selection import (
     Candidate,
     bootstrap_interval,
     compared,
+    holm_adjusted,
     load_candidates,
     mcnemar_p,
     save_candidates,
@@ -56,6 +57,28 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_observed_difference():
     assert (low, high) == bootstrap_interval(best, other)  # seeded: the same interval every time
     assert (low, high) == (-0.12, 0.0)  # 6 points worse; the 10 discordant images make it -12 to 0 points
     assert bootstrap_interval(best, best) == (0.0, 0.0)
+
+
+def test_holm_adjusts_each_p_by_its_rank_and_keeps_the_order():
+    # Sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1: 0.04, 0.09, 0.08 -> 0.09 (never below an earlier one), 0.5.
+    assert holm_adjusted([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm_adjusted([0.3, 0.3]) == pytest.approx([0.6, 0.6]) and holm_adjusted([0.7, 0.9]) == [1.0, 1.0]
+    assert holm_adjusted([]) == []
+
+
+def test_the_more_trials_are_compared_the_more_it_takes_to_tell_one_apart():
+    """A long search's best is the maximum of more tries: a probe head 8 images behind it (McNemar p 0.021)
+    is told apart when it is the only comparison, and within noise, so delivered, among nine (Holm p 0.19)."""
+    best = best_correct(80)
+    top = Candidate("a", best, stages=3, steps=154)
+    probe = Candidate("p", planted(best, lost=9, won=1), stages=0, steps=0)  # p = 2 (1 + 10) / 1024
+    tuned = [Candidate(f"t{i}", planted(best, lost=2, won=0), stages=2, steps=66 + i) for i in range(8)]
+    alone = select([top, probe])
+    assert alone.delivered == "a" and alone.comparisons[1].mcnemar_p == pytest.approx(22 / 1024)
+    assert alone.comparisons[1].holm_p == alone.comparisons[1].mcnemar_p and not alone.comparisons[1].within_noise
+    among_ten = select([top, *tuned, probe])
+    assert among_ten.comparisons[-1].holm_p == pytest.approx(9 * 22 / 1024)  # the smallest p of 9 comparisons
+    assert among_ten.delivered == "p" and "Holm-adjusted" in among_ten.reason
 
 
 def test_a_clear_winner_is_delivered():

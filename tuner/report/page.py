@@ -186,10 +186,12 @@ def _selection(page: _Page, run: RunData) -> None:
     page.p(f"best/ holds {_name(run, chosen[0])}: {chosen[1]}.")
     close = within_noise(run)
     if close:
-        page.p(f"Trials the search cannot tell from the best on the validation images (exact McNemar p >= {ALPHA}), "
+        page.p(f"Trials the search cannot tell from the best on the validation images (exact McNemar p, adjusted "
+               f"by Holm's method over the comparisons, >= {ALPHA}), "
                "with the 95% paired-bootstrap interval of their accuracy minus the best's:")
         page.ul([f"{trial_name(t['number'], t['trial_id'])}: {run.metric} {t[run.metric]:.4f}, McNemar p "
-                 f"{t['mcnemar_p']:.3f}, interval [{t['diff_low']:+.4f}, {t['diff_high']:+.4f}]"
+                 f"{t['mcnemar_p']:.3f}" + (f" (Holm {t['holm_p']:.3f})" if t.get("holm_p") is not None else "")
+                 + f", interval [{t['diff_low']:+.4f}, {t['diff_high']:+.4f}]"
                  + (" (delivered)" if t.get("delivered") else "") for t in close], html_id="within-noise")
 
 

@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..train.checks import Bounds, check_value
 from ..train.config import METRICS
 from .budget import SearchBudget, asha_rungs, search_budget
-from .selection import RULES
+from .selection import AUTO, RULES
 
 KEEP_CHECKPOINTS = ("best", "all")
 REFIT = ("auto", "on", "off")
@@ -80,13 +80,13 @@ class RunSettings:
         "best", "best: delete, as the search goes, the weights of checkpoints that no trial will be delivered or "
                 "resumed from, and when it ends the checkpoints of finished trials other than the best trial's; "
                 "all: keep them", choices=KEEP_CHECKPOINTS)
-    # within_noise: on bench/transfer.py (3 seeds, 10 and 50 images a class) it delivered test_acc 0.653 and
-    # 0.669 where highest delivered 0.623 and 0.641, from the same trials (bench/README.md).
+    # auto: within_noise from pretrained weights, highest from random init (selection.rule_for_weights says why).
     selection: str = setting(
-        "within_noise", "which trial best/ delivers: within_noise, the cheapest (fewest trained stages, then steps) "
-                        "of the top trials that a paired test cannot tell from the best on the validation images; "
-                        "highest, the best by the metric; either way the summary lists the trials within noise",
-        in_space_file=True, choices=RULES)
+        AUTO, "which trial best/ delivers: within_noise, the cheapest (fewest trained stages, then steps) of the top "
+              "trials that a paired test cannot tell from the best on the validation images; highest, the best by "
+              "the metric; auto: within_noise from pretrained weights, highest from random init (weights none); "
+              "either way the summary lists the trials within noise",
+        in_space_file=True, choices=(AUTO, *RULES))
     refit: str = setting(
         "auto", f"after the search, train the chosen configuration again on train+val for its chosen steps "
                 f"and deliver that in best/ (the search's own checkpoint is kept in best/search/); auto: on below "

@@ -24,6 +24,7 @@ from ..errors import UserError, first_line
 from ..internals import listen_on_loopback_only, restored_tune_config, restoring_search
 from ..runs.budget import SearchBudget
 from ..runs.run_files import RUN_RECORD, STUDY_FILE, TRIAL_LOGS, read_run_record
+from ..runs.selection import AUTO, rule_for_weights
 from ..runs.settings import RunSettings, recorded_settings, settings_under_flags
 from ..runs.storage import exists, is_uri, local_data, run_location, staged
 from ..train import folders
@@ -111,6 +112,9 @@ def prepare(space_arg: str, flags: dict[str, Any], overrides: dict[str, Any]):
     base = make_config(space.fixed)
     if base.weights != "none":
         build_model(base, num_classes=len(splits.classes))  # missing ImageNet file or bad path: stop now
+    if settings.selection == AUTO:  # resolved here, so tuner.json records the rule the run used
+        settings.selection, why = rule_for_weights(base.weights)
+        print(why)
     budget = settings.search_budget(len(splits.train), base.batch_size)
     return space, settings, splits, weights_choice, budget
 

@@ -29,7 +29,7 @@ from ray import tune
 from ..errors import first_line
 from ..internals import kept_checkpoints
 from ..runs.outcomes import has_result
-from ..runs.selection import ALPHA, CANDIDATES, Candidate, may_be_within_noise_of_a_better
+from ..runs.selection import ALPHA, CANDIDATES, MOST_COMPARISONS, Candidate, may_be_within_noise_of_a_better
 from .trainable import checkpoint_candidate, delete_weights
 
 TRIAL_ENDED = "TERMINATED"  # Ray's status of a trial that completed or was stopped (never resumed)
@@ -100,7 +100,7 @@ def _never_delivered(k: Kept, kept: list[Kept], best: Kept, metric: str, mode: s
     if metric == "val_acc" and _comparable(best, k):
         if not may_be_within_noise_of_a_better(k.candidate, int(best.candidate.correct.sum())):
             return (f"apart from any trial as good as the search's best ({best.score:.4f}, trial {best.trial_id}) "
-                    f"on the validation images (McNemar p < {ALPHA} at most)")
+                    f"on the validation images (McNemar p < {ALPHA} / {MOST_COMPARISONS} at most)")
     return None
 
 

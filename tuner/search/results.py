@@ -128,7 +128,7 @@ def ranked_checkpoints(grid, metric: str, mode: str) -> list[tuple[Any, dict[str
 
 
 SELECTION_EVIDENCE = "val_predictions.npz"  # in the run folder: the candidates compared (selection.save_candidates)
-SELECTION_COLUMNS = ("delivered", "within_noise", "mcnemar_p", "diff_low", "diff_high")  # trials.parquet
+SELECTION_COLUMNS = ("delivered", "within_noise", "mcnemar_p", "holm_p", "diff_low", "diff_high")  # trials.parquet
 
 
 @dataclass(frozen=True)
@@ -359,11 +359,12 @@ def print_selection(selection: Selection | None, payload: dict[str, Any] | None,
         return
     name = _namer(rows)
     print(f"within noise of the best, {name(selection.comparisons[0].trial_id)}, on the validation images: "
-          f"accuracy, McNemar p (p >= {ALPHA} is within noise: this test decides), and the paired bootstrap's "
+          f"accuracy, McNemar p and Holm's adjustment of it over the comparisons (Holm p >= {ALPHA} is within "
+          f"noise: this test decides), and the paired bootstrap's "
           f"95% interval of the accuracy difference (the noise's width):")
     width = max(len(name(c.trial_id)) for c in selection.within_noise())
     for c in selection.within_noise():
-        print(f"  {name(c.trial_id):<{width}}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}  "
+        print(f"  {name(c.trial_id):<{width}}  {c.accuracy:.4f}  p {c.mcnemar_p:.3f}  Holm p {c.holm_p:.3f}  "
               f"[{c.diff_low:+.4f}, {c.diff_high:+.4f}]")
 
 
