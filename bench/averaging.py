@@ -55,9 +55,10 @@ def test_probabilities(payload: dict, samples) -> torch.Tensor:
 def measure(weights: Path, target: Path, prior: dict, seed: int) -> dict[str, float]:
     """Test accuracy of each column of COLUMNS for one prior on one target."""
     splits = load_splits(target)
-    steps, _ = default_steps(len(splits.train), 32)
-    config = make_config({**prior, "model": "resnet50", "weights": str(weights), "image_size": IMAGE_SIZE,
-                          "steps": steps, "optimizer": "adamw", "schedule": "cosine", "seed": seed})
+    values = {**prior, "model": "resnet50", "weights": str(weights), "image_size": IMAGE_SIZE, "optimizer": "adamw",
+              "schedule": "cosine", "seed": seed}
+    steps, _ = default_steps(len(splits.train), make_config(values).batch_size)  # the search's default budget
+    config = make_config({**values, "steps": steps})
     start, tuned = refit(config, splits, 0).payload, refit(config, splits, steps).payload
     labels = torch.tensor([label for _, label in splits.test])
     probabilities = {"probe": test_probabilities(start, splits.test),
