@@ -12,7 +12,7 @@ three seeds): a ceiling, since it is chosen on the test images, but a mild one (
 not a per-seed maximum). If no configuration's ceiling is 5 points above the probe, no search on these
 weights can deliver +5 on test. Usage:
 
-    python bench/ceiling.py [--work DIR] [--targets 50 10] [--seeds 0 1 2]
+    python bench/ceiling.py [--work DIR] [--weights FILE] [--targets 50 10] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from common import machine_line
-from transfer import IMAGE_SIZE, pretrained_weights, target_folder
+from transfer import IMAGE_SIZE, given_weights, pretrained_weights, target_folder
 
 from tuner.search.spaces.finetune import GENTLE, START
 from tuner.train.config import make_config
@@ -61,11 +61,13 @@ def test_curve(weights: Path, target: Path, prior: dict, seed: int) -> dict[int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("bench-transfer"))
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="a state_dict file every target starts from (real ImageNet weights), instead of WORK's")
     parser.add_argument("--targets", type=int, nargs="+", default=[50, 10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     print(machine_line())
-    weights = pretrained_weights(args.work)
+    weights = given_weights(args.weights) if args.weights else pretrained_weights(args.work)
     for n in args.targets:
         ceilings = {}
         for name, prior in CONFIGS.items():
