@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    evaluate = commands.add_parser("evaluate", help="measure a trained model on a labelled folder it never saw",
+                                   formatter_class=_formatter)
+    evaluate.add_argument("--model", required=True, help="a run's best/ folder or its model.pt")
+    evaluate.add_argument("--data", required=True, help="a folder of class folders, or one with split folders")
+    evaluate.add_argument("--split", choices=("test", "val", "train"), default="test",
+                          help="which split folder to read when DATA has split folders")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--skip-bad-images", action="store_true", help="leave unreadable images out, counted")
+    evaluate.add_argument("--predictions", metavar="FILE.csv", help="also write every image's prediction as CSV")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     report = commands.add_parser("report", help="write RUN/report/index.html: figures and tables of a search",
                                  formatter_class=_formatter)
     report.add_argument("run", metavar="RUN",
@@ -292,6 +303,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .serve.evaluate import evaluate_folder, report_lines, write_predictions
+
+    result = evaluate_folder(args.model, args.data, split=args.split, device=args.device,
+                             skip_bad_images=args.skip_bad_images)
+    if args.predictions:
+        write_predictions(result, args.predictions)
+    print(json.dumps(result.summary(), indent=2) if args.json else "\n".join(report_lines(result)))
+    if args.predictions and not args.json:
+        print(f"\npredictions: {args.predictions}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report.page import summary_lines, write_report
 
@@ -345,6 +369,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"search": cmd_search, "resume": cmd_resume, "train": cmd_train, "predict": cmd_predict,
+            "evaluate": cmd_evaluate,
             "check-data": cmd_check_data, "demo-data": cmd_demo_data, "cache": cmd_cache, "report": cmd_report,
             "export": cmd_export}
 

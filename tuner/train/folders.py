@@ -96,6 +96,38 @@ def find_splits(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -
     return splits
 
 
+def find_labelled(root: str | Path, classes: list[str], *, split: str = "test") -> ImageSplits:
+    """The images to judge a model of `classes` on, in `test` of the splits returned (train and val empty).
+
+    ROOT/<split>/<class>/* when ROOT holds split folders (the layout training reads), else every image of
+    ROOT/<class>/*. Labels index `classes`, the model's, so a folder may hold some of its classes only;
+    a class folder the model does not know is a DataError.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} {'is not a folder' if root.exists() else 'does not exist'}; "
+                        f"pass a folder of class folders or one with {split}/<class>/ folders")
+    subfolders = _visible_subfolders(root)
+    if split in subfolders:
+        folder, layout = root / split, f"{split}/ folder"
+    elif set(subfolders) & set(SPLIT_FOLDERS):
+        raise DataError(f"data folder {root} has no {split}/ folder; pass --split with one of "
+                        f"{', '.join(s for s in SPLIT_FOLDERS if s in subfolders)}, or a folder of class folders")
+    else:
+        folder, layout = root, "class folders, every image"
+    by_class, skipped = _read_split_folder(folder.parent, folder.name)
+    unknown = sorted(set(by_class) - set(classes))
+    if unknown:
+        raise DataError(f"class folder{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {folder} "
+                        f"{'are' if len(unknown) > 1 else 'is'} not among the model's classes "
+                        f"({', '.join(classes)}); rename or remove {'them' if len(unknown) > 1 else 'it'}")
+    samples = _labelled(by_class, classes)
+    if not samples:
+        raise DataError(f"no images in class folders under {folder}; put each class's images in {folder}/<class>/")
+    return ImageSplits(root=root, layout=layout, classes=list(classes), train=[], val=[], test=samples,
+                       skipped=skipped)
+
+
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
@@ -290,7 +322,8 @@ def verify_images(
     bad_paths = {path for path, _ in bad_files}
     kept = {name: [s for s in getattr(splits, name) if s[0] not in bad_paths] for name in SPLIT_FOLDERS}
     verified = dataclasses.replace(verified, **kept, dropped=len(bad_files))
-    _check_classes(verified)
+    if splits.train:  # images read to evaluate a model (find_labelled) have no training split to check
+        _check_classes(verified)
     return verified
 
 

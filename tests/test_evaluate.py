@@ -1,0 +1,105 @@
+"""`tuner evaluate`: a trained model judged on a labelled folder, the way training judged its test split."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tuner.__main__ import main
+from tuner.serve.evaluate import wilson_interval
+
+# fp32 and contiguous, as evaluate runs a model: the test_acc training records is then the same computation
+TINY = ["--set", "model=resnet18", "--set", "weights=none", "--set", "image_size=32", "--set", "batch_size=64",
+        "--set", "precision=fp32", "--set", "memory_format=contiguous", "--loader-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def best(demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate") / "run"
+    assert main(["train", "--data", str(demo_root), "--out", str(out), "--set", "epochs=2", *TINY]) == 0
+    return out / "best"
+
+
+def evaluated(capsys, *argv) -> dict:
+    assert main(["evaluate", *map(str, argv), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_test_split_gives_the_accuracy_training_recorded(best, demo_root, tmp_path, capsys):
+    result = evaluated(capsys, "--model", best, "--data", demo_root, "--predictions", tmp_path / "p.csv")
+    recorded = json.loads((best / "metrics.json").read_text())
+    assert result["images"] == 80 and "test/ folder" in result["data"]
+    assert result["accuracy"] == recorded["test_acc"]
+    assert result["loss"] == pytest.approx(recorded["test_loss"], abs=1e-5)
+    matrix = result["confusion_matrix"]
+    assert sum(map(sum, matrix)) == 80 and sum(matrix[i][i] for i in range(8)) / 80 == result["accuracy"]
+    assert result["interval_95"] == pytest.approx(list(wilson_interval(round(80 * result["accuracy"]), 80)))
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 80 and all(Path(row["path"]).parent.name == row["true"] for row in rows)
+    assert sum(row["true"] == row["predicted"] for row in rows) / 80 == result["accuracy"]
+    per_class = {row["class"]: row for row in result["per_class"]}
+    assert all(per_class[name]["images"] == 10 for name in result["classes"])
+
+
+def test_another_split_is_read_when_asked(best, demo_root, capsys):
+    result = evaluated(capsys, "--model", best, "--data", demo_root, "--split", "val")
+    assert result["images"] == 160 and "val/ folder" in result["data"]
+    recorded = json.loads((best / "metrics.json").read_text())
+    assert result["accuracy"] == recorded["val_acc"]  # the best epoch's, on the same images
+
+
+def test_a_folder_of_some_classes_is_labelled_by_the_models_classes(best, demo_root, tmp_path, capsys):
+    for name in ("ring", "circle"):
+        shutil.copytree(demo_root / "test" / name, tmp_path / "held-out" / name)
+    result = evaluated(capsys, "--model", best, "--data", tmp_path / "held-out")
+    assert result["images"] == 20 and "class folders" in result["data"]
+    classes = result["classes"]
+    rows_with_images = [i for i, row in enumerate(result["confusion_matrix"]) if sum(row)]
+    assert [classes[i] for i in rows_with_images] == ["circle", "ring"]  # the model's indices, not 0 and 1
+
+
+def test_text_output_names_the_interval_and_every_class(best, demo_root, capsys):
+    assert main(["evaluate", "--model", str(best), "--data", str(demo_root)]) == 0
+    out = capsys.readouterr().out
+    assert "95% interval" in out and "confusion matrix" in out
+    assert all(name in out for name in ("circle", "ring", "checker"))
+
+
+def test_wilson_interval_matches_published_values():
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def _one_line_error(capsys, fragment):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert fragment in err, err
+
+
+def test_an_unknown_class_folder_is_one_line_and_nothing_is_written(best, demo_root, tmp_path, capsys):
+    shutil.copytree(demo_root / "test" / "ring", tmp_path / "held-out" / "ring")
+    shutil.copytree(demo_root / "test" / "ring", tmp_path / "held-out" / "blob")
+    out = tmp_path / "p.csv"
+    assert main(["evaluate", "--model", str(best), "--data", str(tmp_path / "held-out"),
+                 "--predictions", str(out)]) == 2
+    _one_line_error(capsys, "class folder blob in")
+    assert not out.exists()
+
+
+def test_a_missing_split_names_the_ones_there(best, tmp_path, capsys):
+    (tmp_path / "data" / "val" / "ring").mkdir(parents=True)
+    assert main(["evaluate", "--model", str(best), "--data", str(tmp_path / "data")]) == 2
+    _one_line_error(capsys, "has no test/ folder; pass --split with one of val")
+
+
+def test_unreadable_images_are_refused_or_skipped_and_counted(best, demo_root, tmp_path, capsys):
+    shutil.copytree(demo_root / "test" / "ring", tmp_path / "held-out" / "ring")
+    (tmp_path / "held-out" / "ring" / "broken.png").write_bytes(b"not a png")
+    assert main(["evaluate", "--model", str(best), "--data", str(tmp_path / "held-out")]) == 2
+    _one_line_error(capsys, "ring/broken.png")
+    result = evaluated(capsys, "--model", best, "--data", tmp_path / "held-out", "--skip-bad-images")
+    assert result["images"] == 10 and "1 unreadable skipped" in result["data"]

@@ -1,0 +1,127 @@
+"""`tuner evaluate`: a trained model judged on labelled images that nothing chose it by.
+
+A search's val_acc is how it chose, not what the user gets; this is the number to trust, on a folder
+held out from the search (its test/ split, or next month's images). The model runs as `tuner predict` and
+the exported file run it: fp32, centre crops of the checkpoint's image size. Accuracy comes with its 95%
+Wilson interval: on a few hundred images that interval is several points wide, and a difference between
+two models smaller than it is not worth acting on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..train import folders
+from ..train.checkpoint import atomic_write, load_checkpoint
+from ..train.engine import resolve_device
+from ..train.evaluation import TOP5_MIN_CLASSES, load_trained
+
+Z_95 = 1.959964  # the standard normal's 97.5% quantile: a two-sided 95% interval
+
+
+@dataclass(frozen=True)
+class FolderEvaluation:
+    """What `tuner evaluate` prints (and writes with --json and --predictions)."""
+
+    model: str  # the checkpoint, its architecture and starting weights
+    data: str  # the folder read, and how
+    classes: list[str]  # the model's
+    images: int
+    accuracy: float
+    interval: tuple[float, float]  # 95% Wilson interval of the accuracy
+    loss: float
+    top5: float | None  # with 10 or more classes
+    matrix: list[list[int]]  # matrix[true][predicted], over the model's classes
+    predictions: list[dict[str, Any]]  # per image, in folder order: path, true, predicted, probability
+
+    def per_class(self) -> list[dict[str, Any]]:
+        """Each class with images or predictions: its images, recall and precision (None when undefined)."""
+        rows = []
+        for i, name in enumerate(self.classes):
+            images, predicted = sum(self.matrix[i]), sum(row[i] for row in self.matrix)
+            if images or predicted:
+                rows.append({"class": name, "images": images, "recall": self.matrix[i][i] / images if images else None,
+                             "precision": self.matrix[i][i] / predicted if predicted else None})
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        """The figures as JSON-ready values (the per-image predictions aside)."""
+        return {"model": self.model, "data": self.data, "images": self.images, "accuracy": self.accuracy,
+                "interval_95": list(self.interval), "loss": self.loss, "top5": self.top5,
+                "per_class": self.per_class(), "classes": self.classes, "confusion_matrix": self.matrix}
+
+
+def wilson_interval(correct: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `correct / n`: right near 0 and 1, unlike the normal one."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def evaluate_folder(model: str | Path, data: str | Path, *, split: str = "test", device: str = "auto",
+                    skip_bad_images: bool = False) -> FolderEvaluation:
+    """Evaluate the checkpoint `model` (a best/ folder or model.pt) on the labelled images of `data`."""
+    trained = load_trained(load_checkpoint(model), resolve_device(device))
+    splits = folders.verify_images(folders.find_labelled(data, trained.classes, split=split),
+                                   skip_bad_images=skip_bad_images)
+    if not splits.test:
+        raise UserError(f"every image under {data} was unreadable and skipped; nothing is left to evaluate")
+    evaluation = trained.evaluate(splits.test, prefix="test", keep_logits=True)
+    probabilities = evaluation.logits.softmax(1)
+    confidence, predicted = probabilities.max(1)
+    n = len(trained.classes)
+    matrix = [[0] * n for _ in range(n)]
+    predictions = []
+    for (path, label), guess, probability in zip(splits.test, predicted.tolist(), confidence.tolist(), strict=True):
+        matrix[label][guess] += 1
+        predictions.append({"path": folders.relative_path(path, splits.root), "true": trained.classes[label],
+                            "predicted": trained.classes[guess], "probability": probability})
+    correct = sum(matrix[i][i] for i in range(n))
+    images = len(splits.test)
+    dropped = f", {splits.dropped} unreadable skipped" if splits.dropped else ""
+    return FolderEvaluation(
+        model=f"{model} ({trained.config.model}, weights {trained.weights.get('name', 'unknown')})",
+        data=f"{data} ({splits.layout}{dropped})", classes=list(trained.classes), images=images,
+        accuracy=correct / images, interval=wilson_interval(correct, images), loss=evaluation.metrics["test_loss"],
+        top5=evaluation.metrics.get("test_top5") if n >= TOP5_MIN_CLASSES else None, matrix=matrix,
+        predictions=predictions)
+
+
+def report_lines(result: FolderEvaluation) -> list[str]:
+    """The text `tuner evaluate` prints: accuracy with its interval, each class, the confusion matrix."""
+    low, high = result.interval
+    top5 = f", top-5 {result.top5:.3f}" if result.top5 is not None else ""
+    lines = [f"model: {result.model}", f"data: {result.data}, {result.images} images",
+             f"accuracy {result.accuracy:.3f} (95% interval {low:.3f}-{high:.3f}), loss {result.loss:.3f}{top5}",
+             "", f"{'class':<20} {'images':>7} {'recall':>7} {'precision':>9}"]
+    for row in result.per_class():
+        recall, precision = (f"{row[k]:.3f}" if row[k] is not None else "-" for k in ("recall", "precision"))
+        lines.append(f"{row['class'][:20]:<20} {row['images']:>7} {recall:>7} {precision:>9}")
+    shown = [i for i, name in enumerate(result.classes) if name in {r["class"] for r in result.per_class()}]
+    width = max(5, *(len(str(result.matrix[i][j])) + 1 for i in shown for j in shown))
+    lines += ["", "confusion matrix (rows: true class, columns: predicted, in the order above)"]
+    lines += [f"{result.classes[i][:20]:<20} " + "".join(f"{result.matrix[i][j]:>{width}}" for j in shown)
+              for i in shown]
+    return lines
+
+
+def write_predictions(result: FolderEvaluation, path: str | Path) -> None:
+    """Every image's true and predicted class and the prediction's probability, as CSV (written whole or not at all)."""
+    def write(handle) -> None:
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")  # csv writes its own line ends
+        writer = csv.DictWriter(text, fieldnames=["path", "true", "predicted", "probability"])
+        writer.writeheader()
+        writer.writerows(result.predictions)
+        text.flush()
+        text.detach()  # atomic_write flushes and closes the file itself
+
+    atomic_write(Path(path), write)
