@@ -5,10 +5,12 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tuner.__main__ import main
-from tuner.serve.evaluate import wilson_interval
+from tuner.runs.selection import mcnemar_p_of_counts
+from tuner.serve.evaluate import compare, wilson_interval
 
 # fp32 and contiguous, as evaluate runs a model: the test_acc training records is then the same computation
 TINY = ["--set", "model=resnet18", "--set", "weights=none", "--set", "image_size=32", "--set", "batch_size=64",
@@ -19,6 +21,15 @@ TINY = ["--set", "model=resnet18", "--set", "weights=none", "--set", "image_size
 def best(demo_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluate") / "run"
     assert main(["train", "--data", str(demo_root), "--out", str(out), "--set", "epochs=2", *TINY]) == 0
+    return out / "best"
+
+
+@pytest.fixture(scope="module")
+def other(demo_root, tmp_path_factory):
+    """A second model of the same classes: one epoch, another seed."""
+    out = tmp_path_factory.mktemp("evaluate-other") / "run"
+    assert main(["train", "--data", str(demo_root), "--out", str(out), "--set", "epochs=1", "--set", "seed=1",
+                 *TINY]) == 0
     return out / "best"
 
 
@@ -103,3 +114,41 @@ def test_unreadable_images_are_refused_or_skipped_and_counted(best, demo_root, t
     _one_line_error(capsys, "ring/broken.png")
     result = evaluated(capsys, "--model", best, "--data", tmp_path / "held-out", "--skip-bad-images")
     assert result["images"] == 10 and "1 unreadable skipped" in result["data"]
+
+
+def test_a_model_against_itself_is_within_noise(best, demo_root, capsys):
+    result = evaluated(capsys, "--model", best, "--data", demo_root, "--baseline", best)
+    baseline = result["baseline"]
+    assert baseline["accuracy"] == result["accuracy"] and baseline["difference"] == 0.0
+    assert (baseline["only_model_right"], baseline["only_baseline_right"], baseline["mcnemar_p"]) == (0, 0, 1.0)
+    assert baseline["told_apart"] is False
+
+
+def test_a_baseline_is_judged_on_the_same_images(best, other, demo_root, tmp_path, capsys):
+    result = evaluated(capsys, "--model", best, "--data", demo_root, "--baseline", other,
+                       "--predictions", tmp_path / "p.csv")
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    right = [row["true"] == row["predicted"] for row in rows]
+    baseline_right = [row["true"] == row["baseline_predicted"] for row in rows]
+    only_model = sum(m and not b for m, b in zip(right, baseline_right, strict=True))
+    only_baseline = sum(b and not m for m, b in zip(right, baseline_right, strict=True))
+    baseline = result["baseline"]
+    assert baseline["accuracy"] == sum(baseline_right) / 80 and result["accuracy"] == sum(right) / 80
+    assert (baseline["only_model_right"], baseline["only_baseline_right"]) == (only_model, only_baseline)
+    assert baseline["mcnemar_p"] == mcnemar_p_of_counts(only_model, only_baseline)
+    assert baseline["difference"] == pytest.approx((sum(right) - sum(baseline_right)) / 80)
+    assert main(["evaluate", "--model", str(best), "--data", str(demo_root), "--baseline", str(other)]) == 0
+    assert "McNemar p" in capsys.readouterr().out
+
+
+def test_compare_tells_a_planted_gap_apart_and_not_a_small_one():
+    # 100 images: both right on 35, only the model on 25, only the baseline on 5, both wrong on 35
+    model = np.array([True] * 35 + [True] * 25 + [False] * 5 + [False] * 35)
+    baseline = np.array([True] * 35 + [False] * 25 + [True] * 5 + [False] * 35)
+    result = compare(model, baseline, "b")
+    assert result["difference"] == pytest.approx(0.20) and result["told_apart"] is True
+    assert result["mcnemar_p"] == mcnemar_p_of_counts(25, 5) < 0.05
+    low, high = result["difference_interval_95"]
+    assert 0 < low < 0.20 < high
+    near = compare(model, np.array([True] * 35 + [False] * 25 + [True] * 22 + [False] * 18), "b")
+    assert near["told_apart"] is False and near["difference_interval_95"][0] < 0 < near["difference_interval_95"][1]

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="which split folder to read when DATA has split folders")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--skip-bad-images", action="store_true", help="leave unreadable images out, counted")
+    evaluate.add_argument("--baseline", metavar="MODEL", help="another best/ folder or model.pt, judged on the same "
+                          "images and compared (McNemar's test, paired-bootstrap interval)")
     evaluate.add_argument("--predictions", metavar="FILE.csv", help="also write every image's prediction as CSV")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -307,7 +309,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .serve.evaluate import evaluate_folder, report_lines, write_predictions
 
     result = evaluate_folder(args.model, args.data, split=args.split, device=args.device,
-                             skip_bad_images=args.skip_bad_images)
+                             skip_bad_images=args.skip_bad_images, baseline=args.baseline)
     if args.predictions:
         write_predictions(result, args.predictions)
     print(json.dumps(result.summary(), indent=2) if args.json else "\n".join(report_lines(result)))

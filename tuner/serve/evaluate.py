@@ -3,8 +3,9 @@
 A search's val_acc is how it chose, not what the user gets; this is the number to trust, on a folder
 held out from the search (its test/ split, or next month's images). The model runs as `tuner predict` and
 the exported file run it: fp32, centre crops of the checkpoint's image size. Accuracy comes with its 95%
-Wilson interval: on a few hundred images that interval is several points wide, and a difference between
-two models smaller than it is not worth acting on.
+Wilson interval: on a few hundred images that interval is several points wide. `--baseline` judges a second
+model on the same images and tells the two apart or not as the search's selection does: McNemar's exact
+test on the images only one of them gets right, and the paired bootstrap's interval of the difference.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import UserError
+from ..runs.selection import ALPHA, bootstrap_interval, mcnemar_p
 from ..train import folders
 from ..train.checkpoint import atomic_write, load_checkpoint
 from ..train.engine import resolve_device
-from ..train.evaluation import TOP5_MIN_CLASSES, load_trained
+from ..train.evaluation import TOP5_MIN_CLASSES, TrainedModel, load_trained
 
 Z_95 = 1.959964  # the standard normal's 97.5% quantile: a two-sided 95% interval
 
@@ -38,7 +42,9 @@ class FolderEvaluation:
     loss: float
     top5: float | None  # with 10 or more classes
     matrix: list[list[int]]  # matrix[true][predicted], over the model's classes
-    predictions: list[dict[str, Any]]  # per image, in folder order: path, true, predicted, probability
+    # per image, in folder order: path, true, predicted, probability (and baseline_predicted with a baseline)
+    predictions: list[dict[str, Any]]
+    comparison: dict[str, Any] | None = None  # against --baseline: see compare()
 
     def per_class(self) -> list[dict[str, Any]]:
         """Each class with images or predictions: its images, recall and precision (None when undefined)."""
@@ -54,7 +60,8 @@ class FolderEvaluation:
         """The figures as JSON-ready values (the per-image predictions aside)."""
         return {"model": self.model, "data": self.data, "images": self.images, "accuracy": self.accuracy,
                 "interval_95": list(self.interval), "loss": self.loss, "top5": self.top5,
-                "per_class": self.per_class(), "classes": self.classes, "confusion_matrix": self.matrix}
+                "per_class": self.per_class(), "classes": self.classes, "confusion_matrix": self.matrix,
+                **({"baseline": self.comparison} if self.comparison else {})}
 
 
 def wilson_interval(correct: int, n: int, z: float = Z_95) -> tuple[float, float]:
@@ -68,16 +75,17 @@ def wilson_interval(correct: int, n: int, z: float = Z_95) -> tuple[float, float
 
 
 def evaluate_folder(model: str | Path, data: str | Path, *, split: str = "test", device: str = "auto",
-                    skip_bad_images: bool = False) -> FolderEvaluation:
-    """Evaluate the checkpoint `model` (a best/ folder or model.pt) on the labelled images of `data`."""
+                    skip_bad_images: bool = False, baseline: str | Path | None = None) -> FolderEvaluation:
+    """Evaluate the checkpoint `model` (a best/ folder or model.pt) on the labelled images of `data`, and
+    `baseline`, another checkpoint, on the same images."""
     trained = load_trained(load_checkpoint(model), resolve_device(device))
+    other = load_trained(load_checkpoint(baseline), trained.device) if baseline is not None else None
     splits = folders.verify_images(folders.find_labelled(data, trained.classes, split=split),
                                    skip_bad_images=skip_bad_images)
     if not splits.test:
         raise UserError(f"every image under {data} was unreadable and skipped; nothing is left to evaluate")
     evaluation = trained.evaluate(splits.test, prefix="test", keep_logits=True)
-    probabilities = evaluation.logits.softmax(1)
-    confidence, predicted = probabilities.max(1)
+    confidence, predicted = evaluation.logits.softmax(1).max(1)
     n = len(trained.classes)
     matrix = [[0] * n for _ in range(n)]
     predictions = []
@@ -88,21 +96,50 @@ def evaluate_folder(model: str | Path, data: str | Path, *, split: str = "test",
     correct = sum(matrix[i][i] for i in range(n))
     images = len(splits.test)
     dropped = f", {splits.dropped} unreadable skipped" if splits.dropped else ""
+    comparison = None
+    if other is not None:  # right or wrong by class name: the baseline may order or name its classes otherwise
+        guesses = other.evaluate(splits.test, prefix="test", keep_logits=True).logits.argmax(1).tolist()
+        for prediction, guess in zip(predictions, guesses, strict=True):
+            prediction["baseline_predicted"] = other.classes[guess]
+        right = np.array([p["true"] == p["predicted"] for p in predictions])
+        baseline_right = np.array([p["true"] == p["baseline_predicted"] for p in predictions])
+        comparison = compare(right, baseline_right, f"{baseline} ({describe(other)})")
     return FolderEvaluation(
-        model=f"{model} ({trained.config.model}, weights {trained.weights.get('name', 'unknown')})",
-        data=f"{data} ({splits.layout}{dropped})", classes=list(trained.classes), images=images,
-        accuracy=correct / images, interval=wilson_interval(correct, images), loss=evaluation.metrics["test_loss"],
+        model=f"{model} ({describe(trained)})", data=f"{data} ({splits.layout}{dropped})",
+        classes=list(trained.classes), images=images, accuracy=correct / images,
+        interval=wilson_interval(correct, images), loss=evaluation.metrics["test_loss"],
         top5=evaluation.metrics.get("test_top5") if n >= TOP5_MIN_CLASSES else None, matrix=matrix,
-        predictions=predictions)
+        predictions=predictions, comparison=comparison)
+
+
+def describe(trained: TrainedModel) -> str:
+    """'resnet50, weights imagenet': what a model is, as evaluate names it."""
+    return f"{trained.config.model}, weights {trained.weights.get('name', 'unknown')}"
+
+
+def compare(right: np.ndarray, baseline_right: np.ndarray, baseline: str) -> dict[str, Any]:
+    """The model against the baseline on the same images (per-image correctness, bool arrays): accuracies,
+    the difference (model - baseline) with its 95% paired-bootstrap interval, McNemar's exact p, and whether
+    the two are told apart at ALPHA, as the search's selection tells trials apart."""
+    low, high = bootstrap_interval(baseline_right, right)
+    p = mcnemar_p(right, baseline_right)
+    return {"model": baseline, "accuracy": float(baseline_right.mean()),
+            "interval_95": list(wilson_interval(int(baseline_right.sum()), baseline_right.size)),
+            "difference": float(right.mean() - baseline_right.mean()), "difference_interval_95": [low, high],
+            "only_model_right": int(np.sum(right & ~baseline_right)),
+            "only_baseline_right": int(np.sum(~right & baseline_right)),
+            "mcnemar_p": p, "told_apart": p < ALPHA}
 
 
 def report_lines(result: FolderEvaluation) -> list[str]:
-    """The text `tuner evaluate` prints: accuracy with its interval, each class, the confusion matrix."""
+    """What `tuner evaluate` prints: accuracy with its interval, the baseline's, each class, the confusion matrix."""
     low, high = result.interval
     top5 = f", top-5 {result.top5:.3f}" if result.top5 is not None else ""
     lines = [f"model: {result.model}", f"data: {result.data}, {result.images} images",
-             f"accuracy {result.accuracy:.3f} (95% interval {low:.3f}-{high:.3f}), loss {result.loss:.3f}{top5}",
-             "", f"{'class':<20} {'images':>7} {'recall':>7} {'precision':>9}"]
+             f"accuracy {result.accuracy:.3f} (95% interval {low:.3f}-{high:.3f}), loss {result.loss:.3f}{top5}"]
+    if result.comparison:
+        lines += comparison_lines(result.comparison)
+    lines += ["", f"{'class':<20} {'images':>7} {'recall':>7} {'precision':>9}"]
     for row in result.per_class():
         recall, precision = (f"{row[k]:.3f}" if row[k] is not None else "-" for k in ("recall", "precision"))
         lines.append(f"{row['class'][:20]:<20} {row['images']:>7} {recall:>7} {precision:>9}")
@@ -114,11 +151,24 @@ def report_lines(result: FolderEvaluation) -> list[str]:
     return lines
 
 
+def comparison_lines(comparison: dict[str, Any]) -> list[str]:
+    """The baseline, its accuracy, and the difference with whether these images tell the two apart."""
+    low, high = comparison["interval_95"]
+    diff_low, diff_high = comparison["difference_interval_95"]
+    verdict = "told apart" if comparison["told_apart"] else "within noise: these images cannot tell the two apart"
+    return [f"baseline: {comparison['model']}",
+            f"baseline accuracy {comparison['accuracy']:.3f} (95% interval {low:.3f}-{high:.3f})",
+            f"model - baseline {comparison['difference']:+.3f} (95% paired-bootstrap interval {diff_low:+.3f} to "
+            f"{diff_high:+.3f}); images only the model gets right {comparison['only_model_right']}, only the "
+            f"baseline {comparison['only_baseline_right']}; McNemar p {comparison['mcnemar_p']:.3g}: {verdict}"]
+
+
 def write_predictions(result: FolderEvaluation, path: str | Path) -> None:
-    """Every image's true and predicted class and the prediction's probability, as CSV (written whole or not at all)."""
+    """Every image's true and predicted class, the prediction's probability (and the baseline's prediction),
+    as CSV, written whole or not at all."""
     def write(handle) -> None:
         text = io.TextIOWrapper(handle, encoding="utf-8", newline="")  # csv writes its own line ends
-        writer = csv.DictWriter(text, fieldnames=["path", "true", "predicted", "probability"])
+        writer = csv.DictWriter(text, fieldnames=list(result.predictions[0]))
         writer.writeheader()
         writer.writerows(result.predictions)
         text.flush()
