@@ -115,6 +115,28 @@ CASES = [
          "cannot be read", "notes.jpg"),
     case("predict-top-k-zero", "predict --model {tmp}/trained/best --top-k 0 {tmp}/data/val/circle/circle_0000.png",
          "--top-k must be >= 1", "got 0"),
+    # --- evaluate ---
+    case("evaluate-model-not-ours", "evaluate --model {tmp}/foreign.pt --data {tmp}/data --split val",
+         "is not a tuner checkpoint", "{tmp}/foreign.pt"),
+    case("evaluate-data-missing", "evaluate --model {tmp}/trained/best --data {tmp}/missing", "does not exist",
+         "{tmp}/missing"),
+    case("evaluate-no-test-split", "evaluate --model {tmp}/trained/best --data {tmp}/data",
+         "has no test/ folder; pass --split with one of train, val", "{tmp}/data"),
+    case("evaluate-unknown-class", "evaluate --model {tmp}/trained/best --data {tmp}/unknown-class",
+         "is not among the model's classes", "blob"),
+    case("evaluate-corrupt-image", "evaluate --model {tmp}/trained/best --data {tmp}/corrupt --split train",
+         "unreadable or non-image files", "broken.png"),
+    case("evaluate-training-checkpoint", "evaluate --model {tmp}/trained/checkpoint.pt --data {tmp}/data --split val",
+         "is a training checkpoint, kept for --resume", "{tmp}/trained/checkpoint.pt"),
+    case("evaluate-predictions-not-csv",
+         "evaluate --model {tmp}/trained/best --data {tmp}/data --split val --predictions {tmp}/trained/best/model.pt",
+         "does not end in .csv", "{tmp}/trained/best/model.pt"),
+    case("evaluate-predictions-in-the-data",
+         "evaluate --model {tmp}/trained/best --data {tmp}/data --split val --predictions {tmp}/data/p.csv",
+         "lies in the data folder", "{tmp}/data/p.csv"),
+    case("evaluate-predictions-is-a-folder",
+         "evaluate --model {tmp}/trained/best --data {tmp}/data --split val --predictions {tmp}/spaces",
+         "is a folder; pass a file path", "{tmp}/spaces"),
     # --- check-data: a report on stdout for the data, a one-line error for its flags ---
     case("check-data-missing", "check-data {tmp}/missing", "does not exist", "{tmp}/missing", stream="stdout"),
     case("check-data-one-class", "check-data {tmp}/one-class", "only one class (circle)", "{tmp}/one-class",
@@ -147,6 +169,7 @@ def _build_tree(root: Path) -> None:
         for name in ("corrupt", "text-jpg"):
             _copy_classes(data / split, root / name / split, ["circle", "ring"])
     _copy_classes(data / "train", root / "empty-class", ["circle"])
+    shutil.copytree(data / "val" / "circle", root / "unknown-class" / "blob")  # a class no model here knows
     (root / "empty-class" / "ring").mkdir()
     png = (data / "train" / "circle" / "circle_0000.png").read_bytes()
     (root / "corrupt" / "train" / "circle" / "broken.png").write_bytes(png[:len(png) // 2])  # truncated

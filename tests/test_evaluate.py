@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from tuner.__main__ import main
+from tuner.errors import DataError
 from tuner.runs.selection import mcnemar_p_of_counts
 from tuner.serve.evaluate import compare, wilson_interval
+from tuner.train.folders import find_labelled
 
 # fp32 and contiguous, as evaluate runs a model: the test_acc training records is then the same computation
 TINY = ["--set", "model=resnet18", "--set", "weights=none", "--set", "image_size=32", "--set", "batch_size=64",
@@ -54,8 +56,11 @@ def test_the_test_split_gives_the_accuracy_training_recorded(best, demo_root, tm
     assert all(per_class[name]["images"] == 10 for name in result["classes"])
 
 
-def test_another_split_is_read_when_asked(best, demo_root, capsys):
-    result = evaluated(capsys, "--model", best, "--data", demo_root, "--split", "val")
+def test_another_split_is_read_when_asked_with_a_note_that_it_flatters(best, demo_root, capsys):
+    assert main(["evaluate", "--model", str(best), "--data", str(demo_root), "--split", "val", "--json"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert "note: val/ chose the model's epoch" in err
     assert result["images"] == 160 and "val/ folder" in result["data"]
     recorded = json.loads((best / "metrics.json").read_text())
     assert result["accuracy"] == recorded["val_acc"]  # the best epoch's, on the same images
@@ -138,7 +143,7 @@ def test_a_baseline_is_judged_on_the_same_images(best, other, demo_root, tmp_pat
     assert baseline["mcnemar_p"] == mcnemar_p_of_counts(only_model, only_baseline)
     assert baseline["difference"] == pytest.approx((sum(right) - sum(baseline_right)) / 80)
     assert main(["evaluate", "--model", str(best), "--data", str(demo_root), "--baseline", str(other)]) == 0
-    assert "McNemar p" in capsys.readouterr().out
+    assert "McNemar's exact p" in capsys.readouterr().out
 
 
 def test_compare_tells_a_planted_gap_apart_and_not_a_small_one():
@@ -152,3 +157,26 @@ def test_compare_tells_a_planted_gap_apart_and_not_a_small_one():
     assert 0 < low < 0.20 < high
     near = compare(model, np.array([True] * 35 + [False] * 25 + [True] * 22 + [False] * 18), "b")
     assert near["told_apart"] is False and near["difference_interval_95"][0] < 0 < near["difference_interval_95"][1]
+
+
+def test_a_baseline_that_knows_fewer_classes_is_wrong_on_the_others(best, demo_root, tmp_path, capsys):
+    for split in ("train", "val"):
+        for name in ("circle", "ring", "square"):
+            shutil.copytree(demo_root / split / name, tmp_path / "three" / split / name)
+    out = tmp_path / "three-run"
+    assert main(["train", "--data", str(tmp_path / "three"), "--out", str(out), "--set", "epochs=1", *TINY]) == 0
+    capsys.readouterr()  # the training's epoch table
+    result = evaluated(capsys, "--model", best, "--data", demo_root, "--baseline", out / "best",
+                       "--predictions", tmp_path / "p.csv")
+    lacks = result["baseline"]["classes_baseline_lacks"]
+    assert lacks == ["checker", "cross", "diamond", "stripes", "triangle"]
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert {row["baseline_predicted"] for row in rows} <= {"circle", "ring", "square"}
+    assert result["baseline"]["accuracy"] == sum(row["true"] == row["baseline_predicted"] for row in rows) / 80
+
+
+def test_an_unknown_class_names_a_few_of_many_model_classes(tmp_path):
+    (tmp_path / "blob").mkdir()
+    (tmp_path / "blob" / "a.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"class folder blob in .* \(c00, c01, .*, c09 and 2 more\)"):
+        find_labelled(tmp_path, [f"c{i:02d}" for i in range(12)])

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure a trained model on a labelled folder it never saw",
                                    formatter_class=_formatter)
-    evaluate.add_argument("--model", required=True, help="a run's best/ folder or its model.pt")
+    evaluate.add_argument("--model", required=True, help="a run folder, its best/ folder or a best/model.pt")
     evaluate.add_argument("--data", required=True, help="a folder of class folders, or one with split folders")
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test",
                           help="which split folder to read when DATA has split folders")
@@ -211,7 +211,7 @@ def _resumable_checkpoint(out: Path) -> dict:
     checkpoint = out / "checkpoint.pt"
     if not checkpoint.is_file():
         raise UserError(f"--resume: {str(checkpoint)!r} does not exist; point --out at an earlier run")
-    return load_checkpoint(checkpoint)
+    return load_checkpoint(checkpoint, trainer_state=True)
 
 
 def _train_config(args: argparse.Namespace, saved: dict | None):
@@ -308,6 +308,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .serve.evaluate import evaluate_folder, report_lines, write_predictions
 
+    if args.predictions is not None:
+        _check_predictions_path(Path(args.predictions), Path(args.data))
     result = evaluate_folder(args.model, args.data, split=args.split, device=args.device,
                              skip_bad_images=args.skip_bad_images, baseline=args.baseline)
     if args.predictions:
@@ -315,7 +317,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(json.dumps(result.summary(), indent=2) if args.json else "\n".join(report_lines(result)))
     if args.predictions and not args.json:
         print(f"\npredictions: {args.predictions}")
+    for note in result.notes:
+        print(f"tuner evaluate: note: {note}", file=sys.stderr)
     return 0
+
+
+def _check_predictions_path(path: Path, data: Path) -> None:
+    """Before any image is read: --predictions writes a new .csv (or replaces one), never a model or an image."""
+    if path.is_dir():
+        raise UserError(f"--predictions {path} is a folder; pass a file path, such as {path / 'predictions.csv'}")
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"--predictions {path} does not end in .csv; pass a .csv path (it is replaced if there)")
+    if path.resolve().is_relative_to(data.resolve()):
+        raise UserError(f"--predictions {path} lies in the data folder {data}; write it elsewhere")
+    parent = next((p for p in path.resolve().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"--predictions {path}: {parent} is a file, not a folder; pass a path in a folder")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -45,6 +45,8 @@ class FolderEvaluation:
     # per image, in folder order: path, true, predicted, probability (and baseline_predicted with a baseline)
     predictions: list[dict[str, Any]]
     comparison: dict[str, Any] | None = None  # against --baseline: see compare()
+    skipped_unreadable: int = 0  # images left out by skip_bad_images
+    notes: tuple[str, ...] = ()  # what the user should know about these figures (printed on stderr)
 
     def per_class(self) -> list[dict[str, Any]]:
         """Each class with images or predictions: its images, recall and precision (None when undefined)."""
@@ -58,8 +60,10 @@ class FolderEvaluation:
 
     def summary(self) -> dict[str, Any]:
         """The figures as JSON-ready values (the per-image predictions aside)."""
-        return {"model": self.model, "data": self.data, "images": self.images, "accuracy": self.accuracy,
-                "interval_95": list(self.interval), "loss": self.loss, "top5": self.top5,
+        return {"model": self.model, "data": self.data, "images": self.images,
+                "skipped_unreadable": self.skipped_unreadable, "accuracy": self.accuracy,
+                "interval_95": list(self.interval), "loss": self.loss if math.isfinite(self.loss) else None,
+                "top5": self.top5,
                 "per_class": self.per_class(), "classes": self.classes, "confusion_matrix": self.matrix,
                 **({"baseline": self.comparison} if self.comparison else {})}
 
@@ -76,7 +80,7 @@ def wilson_interval(correct: int, n: int, z: float = Z_95) -> tuple[float, float
 
 def evaluate_folder(model: str | Path, data: str | Path, *, split: str = "test", device: str = "auto",
                     skip_bad_images: bool = False, baseline: str | Path | None = None) -> FolderEvaluation:
-    """Evaluate the checkpoint `model` (a best/ folder or model.pt) on the labelled images of `data`, and
+    """Evaluate the checkpoint `model` (a run, best/ folder or model.pt) on the labelled images of `data`, and
     `baseline`, another checkpoint, on the same images."""
     trained = load_trained(load_checkpoint(model), resolve_device(device))
     other = load_trained(load_checkpoint(baseline), trained.device) if baseline is not None else None
@@ -98,18 +102,37 @@ def evaluate_folder(model: str | Path, data: str | Path, *, split: str = "test",
     dropped = f", {splits.dropped} unreadable skipped" if splits.dropped else ""
     comparison = None
     if other is not None:  # right or wrong by class name: the baseline may order or name its classes otherwise
-        guesses = other.evaluate(splits.test, prefix="test", keep_logits=True).logits.argmax(1).tolist()
+        unlabelled = [(path, 0) for path, _ in splits.test]  # its logits only: our labels may not be its
+        guesses = other.evaluate(unlabelled, prefix="test", keep_logits=True).logits.argmax(1).tolist()
         for prediction, guess in zip(predictions, guesses, strict=True):
             prediction["baseline_predicted"] = other.classes[guess]
         right = np.array([p["true"] == p["predicted"] for p in predictions])
         baseline_right = np.array([p["true"] == p["baseline_predicted"] for p in predictions])
         comparison = compare(right, baseline_right, f"{baseline} ({describe(other)})")
+        comparison["classes_baseline_lacks"] = sorted({p["true"] for p in predictions} - set(other.classes))
     return FolderEvaluation(
         model=f"{model} ({describe(trained)})", data=f"{data} ({splits.layout}{dropped})",
         classes=list(trained.classes), images=images, accuracy=correct / images,
         interval=wilson_interval(correct, images), loss=evaluation.metrics["test_loss"],
         top5=evaluation.metrics.get("test_top5") if n >= TOP5_MIN_CLASSES else None, matrix=matrix,
-        predictions=predictions, comparison=comparison)
+        predictions=predictions, comparison=comparison, skipped_unreadable=splits.dropped,
+        notes=tuple(notes_on(splits, split)))
+
+
+def notes_on(splits: folders.ImageSplits, split: str) -> list[str]:
+    """What to say about the images read: the model saw them, --split did nothing, files were skipped."""
+    notes = []
+    if splits.layout.startswith("class folders"):
+        if split != "test":
+            notes.append(f"--split {split} is for folders with split folders; every image of {splits.root} was read")
+    elif split == "train":
+        notes.append("train/ is what the model learnt from: these figures flatter it; judge it on test/")
+    elif split == "val":
+        notes.append("val/ chose the model's epoch (a search's, its trial too; a refit learnt from it): these "
+                     "figures flatter it; judge it on test/")
+    if splits.skipped:
+        notes.append(splits.skipped_note())
+    return notes
 
 
 def describe(trained: TrainedModel) -> str:
@@ -139,15 +162,18 @@ def report_lines(result: FolderEvaluation) -> list[str]:
              f"accuracy {result.accuracy:.3f} (95% interval {low:.3f}-{high:.3f}), loss {result.loss:.3f}{top5}"]
     if result.comparison:
         lines += comparison_lines(result.comparison)
-    lines += ["", f"{'class':<20} {'images':>7} {'recall':>7} {'precision':>9}"]
-    for row in result.per_class():
+    rows = result.per_class()
+    name_width = max(len("class"), *(len(row["class"]) for row in rows)) + 4  # room for the matrix's numbers
+    lines += ["", f"{'class':<{name_width}} {'images':>7} {'recall':>7} {'precision':>9}"]
+    for row in rows:
         recall, precision = (f"{row[k]:.3f}" if row[k] is not None else "-" for k in ("recall", "precision"))
-        lines.append(f"{row['class'][:20]:<20} {row['images']:>7} {recall:>7} {precision:>9}")
-    shown = [i for i, name in enumerate(result.classes) if name in {r["class"] for r in result.per_class()}]
-    width = max(5, *(len(str(result.matrix[i][j])) + 1 for i in shown for j in shown))
-    lines += ["", "confusion matrix (rows: true class, columns: predicted, in the order above)"]
-    lines += [f"{result.classes[i][:20]:<20} " + "".join(f"{result.matrix[i][j]:>{width}}" for j in shown)
-              for i in shown]
+        lines.append(f"{row['class']:<{name_width}} {row['images']:>7} {recall:>7} {precision:>9}")
+    shown = [result.classes.index(row["class"]) for row in rows]
+    width = max(4, *(len(str(result.matrix[i][j])) + 1 for i in shown for j in shown))
+    lines += ["", "confusion matrix: rows the true class, columns the predicted one, numbered as the rows",
+              " " * (name_width + 1) + "".join(f"{k:>{width}}" for k in range(1, len(shown) + 1))]
+    lines += [f"{f'{k} {result.classes[i]}':<{name_width}} " + "".join(f"{result.matrix[i][j]:>{width}}" for j in shown)
+              for k, i in enumerate(shown, start=1)]
     return lines
 
 
@@ -155,12 +181,17 @@ def comparison_lines(comparison: dict[str, Any]) -> list[str]:
     """The baseline, its accuracy, and the difference with whether these images tell the two apart."""
     low, high = comparison["interval_95"]
     diff_low, diff_high = comparison["difference_interval_95"]
-    verdict = "told apart" if comparison["told_apart"] else "within noise: these images cannot tell the two apart"
-    return [f"baseline: {comparison['model']}",
-            f"baseline accuracy {comparison['accuracy']:.3f} (95% interval {low:.3f}-{high:.3f})",
-            f"model - baseline {comparison['difference']:+.3f} (95% paired-bootstrap interval {diff_low:+.3f} to "
-            f"{diff_high:+.3f}); images only the model gets right {comparison['only_model_right']}, only the "
-            f"baseline {comparison['only_baseline_right']}; McNemar p {comparison['mcnemar_p']:.3g}: {verdict}"]
+    verdict = (f"< {ALPHA}: told apart" if comparison["told_apart"]
+               else f">= {ALPHA}: these images cannot tell the two apart")
+    lines = [f"baseline: {comparison['model']}",
+             f"baseline accuracy {comparison['accuracy']:.3f} (95% interval {low:.3f}-{high:.3f})",
+             f"model - baseline {comparison['difference']:+.3f} (95% paired-bootstrap interval {diff_low:+.3f} to "
+             f"{diff_high:+.3f}); images only the model gets right {comparison['only_model_right']}, only the "
+             f"baseline {comparison['only_baseline_right']}; McNemar's exact p {comparison['mcnemar_p']:.3g} {verdict}"]
+    if comparison["classes_baseline_lacks"]:
+        lines.append(f"the baseline does not know {', '.join(comparison['classes_baseline_lacks'])}: it is wrong "
+                     f"on every image of {'them' if len(comparison['classes_baseline_lacks']) > 1 else 'it'}")
+    return lines
 
 
 def write_predictions(result: FolderEvaluation, path: str | Path) -> None:

@@ -196,8 +196,9 @@ def save_json(obj: Any, path: Path) -> None:
     save_text(json.dumps(obj, indent=2) + "\n", path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load one of our checkpoints with `weights_only=True`; anything else is a UserError.
+def load_checkpoint(path: str | Path, *, trainer_state: bool = False) -> dict[str, Any]:
+    """Load one of our best models (or with `trainer_state`, a `tuner train` checkpoint.pt) with
+    `weights_only=True`; anything else is a UserError.
 
     CheckpointReadError (a UserError) when the file cannot be read, as load_torch.
     """
@@ -218,6 +219,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{str(path)!r} is not a tuner checkpoint (no {CHECKPOINT_FORMAT!r} marker); "
             f"pass a best/model.pt written by tuner train or tuner search"
         )
+    if "optimizer" in payload and not trainer_state:  # the weights training changed only, for --resume
+        raise UserError(f"{str(path)!r} is a training checkpoint, kept for --resume; pass the run's best/ folder "
+                        f"or its best/model.pt")
     return payload
 
 

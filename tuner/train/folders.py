@@ -118,12 +118,16 @@ def find_labelled(root: str | Path, classes: list[str], *, split: str = "test") 
     by_class, skipped = _read_split_folder(folder.parent, folder.name)
     unknown = sorted(set(by_class) - set(classes))
     if unknown:
+        known = ", ".join(classes[:10]) + (f" and {len(classes) - 10} more" if len(classes) > 10 else "")
         raise DataError(f"class folder{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {folder} "
                         f"{'are' if len(unknown) > 1 else 'is'} not among the model's classes "
-                        f"({', '.join(classes)}); rename or remove {'them' if len(unknown) > 1 else 'it'}")
+                        f"({known}); rename or remove {'them' if len(unknown) > 1 else 'it'}")
     samples = _labelled(by_class, classes)
     if not samples:
-        raise DataError(f"no images in class folders under {folder}; put each class's images in {folder}/<class>/")
+        loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        found = f" ({len(loose)} images lie directly in it)" if loose else ""
+        raise DataError(f"no images in class folders under {folder}{found}; put each class's images in "
+                        f"{folder}/<class>/")
     return ImageSplits(root=root, layout=layout, classes=list(classes), train=[], val=[], test=samples,
                        skipped=skipped)
 
