@@ -32,7 +32,7 @@ def best_model_analysis(run: RunData, *, mistakes: int = 12, device: str = "cpu"
     from ..train import folders
     from ..train.checkpoint import load_checkpoint
     from ..train.engine import resolve_device
-    from ..train.evaluation import load_trained
+    from ..train.evaluation import confusion_matrix, load_trained
 
     # A refit model (best/) learnt from the validation images: look again at the search's checkpoint instead.
     best = "best/search" if run.fetch("best/search/model.pt") else "best"
@@ -60,10 +60,8 @@ def best_model_analysis(run: RunData, *, mistakes: int = 12, device: str = "cpu"
     confidence, predicted = logits.softmax(1).max(1)
     labels = [label for _, label in splits.val]
     n = len(splits.classes)
-    matrix = [[0] * n for _ in range(n)]
     guesses = predicted.tolist()
-    for true, guess in zip(labels, guesses, strict=True):
-        matrix[true][guess] += 1
+    matrix = confusion_matrix(labels, guesses, n)
     wrong = sorted((i for i, (t, p) in enumerate(zip(labels, guesses, strict=True)) if t != p),
                    key=lambda i: -float(confidence[i]))
     metrics_file = run.fetch(f"{best}/metrics.json")

@@ -24,7 +24,7 @@ from ..runs.selection import ALPHA, bootstrap_interval, mcnemar_p
 from ..train import folders
 from ..train.checkpoint import atomic_write, load_checkpoint
 from ..train.engine import resolve_device
-from ..train.evaluation import TOP5_MIN_CLASSES, TrainedModel, load_trained
+from ..train.evaluation import TOP5_MIN_CLASSES, TrainedModel, confusion_matrix, load_trained
 
 Z_95 = 1.959964  # the standard normal's 97.5% quantile: a two-sided 95% interval
 
@@ -91,12 +91,11 @@ def evaluate_folder(model: str | Path, data: str | Path, *, split: str = "test",
     evaluation = trained.evaluate(splits.test, prefix="test", keep_logits=True)
     confidence, predicted = evaluation.logits.softmax(1).max(1)
     n = len(trained.classes)
-    matrix = [[0] * n for _ in range(n)]
-    predictions = []
-    for (path, label), guess, probability in zip(splits.test, predicted.tolist(), confidence.tolist(), strict=True):
-        matrix[label][guess] += 1
-        predictions.append({"path": folders.relative_path(path, splits.root), "true": trained.classes[label],
-                            "predicted": trained.classes[guess], "probability": probability})
+    matrix = confusion_matrix([label for _, label in splits.test], predicted.tolist(), n)
+    predictions = [{"path": folders.relative_path(path, splits.root), "true": trained.classes[label],
+                    "predicted": trained.classes[guess], "probability": probability}
+                   for (path, label), guess, probability in zip(splits.test, predicted.tolist(), confidence.tolist(),
+                                                                  strict=True)]
     correct = sum(matrix[i][i] for i in range(n))
     images = len(splits.test)
     dropped = f", {splits.dropped} unreadable skipped" if splits.dropped else ""

@@ -100,6 +100,14 @@ def _predictions(predicted: list[torch.Tensor], true_prob: list[torch.Tensor],
     return ImagePredictions(torch.cat(predicted).cpu(), torch.cat(true_prob).float().cpu(), torch.cat(labels).cpu())
 
 
+def confusion_matrix(labels: list[int], predicted: list[int], num_classes: int) -> list[list[int]]:
+    """matrix[true][predicted]: how many images of each true class went to each predicted one."""
+    matrix = [[0] * num_classes for _ in range(num_classes)]
+    for true, guess in zip(labels, predicted, strict=True):
+        matrix[true][guess] += 1
+    return matrix
+
+
 @dataclass(frozen=True)
 class TrainedModel:
     """A model rebuilt from a best-model payload, in eval mode on `device`, with what it was trained with."""

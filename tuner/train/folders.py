@@ -124,12 +124,16 @@ def find_labelled(root: str | Path, classes: list[str], *, split: str = "test") 
                         f"({known}); rename or remove {'them' if len(unknown) > 1 else 'it'}")
     samples = _labelled(by_class, classes)
     if not samples:
-        loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-        found = f" ({len(loose)} images lie directly in it)" if loose else ""
-        raise DataError(f"no images in class folders under {folder}{found}; put each class's images in "
-                        f"{folder}/<class>/")
+        raise DataError(f"no images in class folders under {folder}{_loose_images(folder)}; put each class's "
+                        f"images in {folder}/<class>/")
     return ImageSplits(root=root, layout=layout, classes=list(classes), train=[], val=[], test=samples,
                        skipped=skipped)
+
+
+def _loose_images(folder: Path) -> str:
+    """' (12 images lie directly in it)' when images sit in `folder` beside (or instead of) class folders."""
+    loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    return f" ({len(loose)} images lie directly in it)" if loose else ""
 
 
 def _visible(path: Path) -> bool:
@@ -208,10 +212,8 @@ def _split_folder_layout(
 def _class_folder_layout(root: Path, val_fraction: float, seed: int) -> ImageSplits:
     classes = _visible_subfolders(root)
     if not classes:
-        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-        found = f" ({len(loose)} images lie directly in it)" if loose else ""
         raise DataError(
-            f"no class folders in {root}{found}; put the images of each class in their own folder, "
+            f"no class folders in {root}{_loose_images(root)}; put the images of each class in their own folder, "
             f"{root}/<class>/ or {root}/train/<class>/"
         )
     _require_two_classes(root, classes)
