@@ -90,12 +90,11 @@ def evaluate_folder(model: str | Path, data: str | Path, *, split: str = "test",
         raise UserError(f"every image under {data} was unreadable and skipped; nothing is left to evaluate")
     evaluation = trained.evaluate(splits.test, prefix="test", keep_logits=True)
     confidence, predicted = evaluation.logits.softmax(1).max(1)
-    n = len(trained.classes)
-    matrix = confusion_matrix([label for _, label in splits.test], predicted.tolist(), n)
+    n, guesses = len(trained.classes), predicted.tolist()
+    matrix = confusion_matrix([label for _, label in splits.test], guesses, n)
     predictions = [{"path": folders.relative_path(path, splits.root), "true": trained.classes[label],
                     "predicted": trained.classes[guess], "probability": probability}
-                   for (path, label), guess, probability in zip(splits.test, predicted.tolist(), confidence.tolist(),
-                                                                  strict=True)]
+                   for (path, label), guess, probability in zip(splits.test, guesses, confidence.tolist(), strict=True)]
     correct = sum(matrix[i][i] for i in range(n))
     images = len(splits.test)
     dropped = f", {splits.dropped} unreadable skipped" if splits.dropped else ""
