@@ -314,3 +314,18 @@ def test_bad_search_input_is_one_line_and_exit_code_2(setup, tmp_path, argv, fra
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_summary_points_to_evaluate_only_when_the_data_has_no_test_split(finished_search, capsys):
+    from tuner.runs.settings import RunSettings
+    from tuner.search.results import print_summary
+    from tuner.train.checkpoint import load_checkpoint
+
+    run, output = finished_search
+    assert "test_acc" in output and "tuner evaluate" not in output  # this data has test/
+    record = json.loads((run / "tuner.json").read_text())
+    payload = load_checkpoint(run / "best")
+    payload["metrics"] = {k: v for k, v in payload["metrics"].items() if not k.startswith("test_")}  # no test/
+    print_summary(pq.read_table(run / "trials.parquet").to_pylist(), payload, str(run),
+                  RunSettings(**record["settings"]), record["searched"])
+    assert f"tuner evaluate --model {run}/best --data HELD_OUT" in capsys.readouterr().out

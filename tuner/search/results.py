@@ -350,6 +350,9 @@ def print_summary(rows, payload, location: str, settings, searched: list[str], t
     print(f"weights: {payload['weights']['name']}")
     best = f"{location.rstrip('/')}/best"
     print(f"best model: {best}" + ("" if "://" in location else f"  (tuner predict --model {best} IMAGE)"))
+    if "test_acc" not in payload["metrics"]:  # val_acc chose it, and flatters it: say how to judge it
+        print(f"  the data has no test/ split: judge it on images no search saw with "
+              f"tuner evaluate --model {best} --data HELD_OUT")
 
 
 def print_selection(selection: Selection | None, payload: dict[str, Any] | None, rows: list[dict[str, Any]]) -> None:
