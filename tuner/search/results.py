@@ -349,8 +349,9 @@ def print_summary(rows, payload, location: str, settings, searched: list[str], t
     print(f"  why: {payload['metrics']['selection']}")
     print(f"weights: {payload['weights']['name']}")
     best = f"{location.rstrip('/')}/best"
-    print(f"best model: {best}" + ("" if "://" in location else f"  (tuner predict --model {best} IMAGE)"))
-    if "test_acc" not in payload["metrics"]:  # val_acc chose it, and flatters it: say how to judge it
+    local = "://" not in location  # predict and evaluate read a local best/ only
+    print(f"best model: {best}" + (f"  (tuner predict --model {best} IMAGE)" if local else ""))
+    if local and "test_acc" not in payload["metrics"]:  # val_acc chose it, and flatters it: say how to judge it
         print(f"  the data has no test/ split: judge it on images no search saw with "
               f"tuner evaluate --model {best} --data HELD_OUT")
 
