@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from common import machine_line
-from transfer import IMAGE_SIZE, pretrained_weights, target_folder
+from transfer import pretrained_weights, prior_values, target_folder
 
 from tuner.runs.budget import default_steps
 from tuner.search.spaces.finetune import GENTLE
@@ -55,8 +55,7 @@ def test_probabilities(payload: dict, samples) -> torch.Tensor:
 def measure(weights: Path, target: Path, prior: dict, seed: int) -> dict[str, float]:
     """Test accuracy of each column of COLUMNS for one prior on one target."""
     splits = load_splits(target)
-    values = {**prior, "model": "resnet50", "weights": str(weights), "image_size": IMAGE_SIZE, "optimizer": "adamw",
-              "schedule": "cosine", "seed": seed}
+    values = prior_values(prior, weights, seed)
     steps, _ = default_steps(len(splits.train), make_config(values).batch_size)  # the search's default budget
     config = make_config({**values, "steps": steps})
     start, tuned = refit(config, splits, 0).payload, refit(config, splits, steps).payload

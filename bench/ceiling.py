@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from common import machine_line
-from transfer import IMAGE_SIZE, given_weights, pretrained_weights, target_folder
+from transfer import given_weights, pretrained_weights, prior_values, target_folder
 
 from tuner.search.spaces.finetune import GENTLE, START
 from tuner.train.config import make_config
@@ -46,8 +46,7 @@ CONFIGS = {
 def test_curve(weights: Path, target: Path, prior: dict, seed: int) -> dict[int, float]:
     """test_acc by optimizer step (0: the probe head) of `prior` trained on train+val for STEPS steps."""
     splits = load_splits(target)
-    config = make_config({**prior, "model": "resnet50", "weights": str(weights), "image_size": IMAGE_SIZE,
-                          "optimizer": "adamw", "schedule": "cosine", "seed": seed, "steps": STEPS})
+    config = make_config({**prior_values(prior, weights, seed), "steps": STEPS})
     trainer = Trainer(config, refit_splits(splits))
     trainer.fit_probe_head()
     curve = {0: trainer.evaluate(trainer.test_loader, prefix="test")["test_acc"]}

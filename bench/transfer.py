@@ -131,6 +131,13 @@ def given_weights(path: Path) -> Path:
     return path
 
 
+def prior_values(prior: dict, weights: Path, seed: int) -> dict:
+    """A finetune prior's hyperparameters as a search trains it here: the space's constants (AdamW, cosine),
+    ResNet-50 at IMAGE_SIZE from `weights` (bench/averaging.py and bench/ceiling.py train priors directly)."""
+    return {**prior, "model": "resnet50", "weights": str(weights), "image_size": IMAGE_SIZE, "optimizer": "adamw",
+            "schedule": "cosine", "seed": seed}
+
+
 def backbone(weights: Path, classes: int) -> nn.Module:
     """torchvision's ResNet-50 (the seed tutorial's model) with `weights` loaded as tuner loads them, a new head."""
     model = torchvision.models.resnet50(weights=None)
