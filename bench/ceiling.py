@@ -82,7 +82,8 @@ def main() -> None:
             mean = {step: statistics.mean(c[step] for c in curves) for step in shared}
             step = max(mean, key=mean.get)
             ceilings[name] = (mean[step], step, mean[0])
-            print(f"{n:>3} a class mean   {name:<15} probe {mean[0]:.3f}  ceiling {mean[step]:.3f} at step "
+            seeds = "/".join(f"{c[step]:.3f}" for c in curves)  # the spread at the ceiling's step
+            print(f"{n:>3} a class mean   {name:<15} probe {mean[0]:.3f}  ceiling {mean[step]:.3f} ({seeds}) at step "
                   f"{step} ({100 * (mean[step] - mean[0]):+.1f} points)  last {mean[STEPS]:.3f}  curve "
                   + " ".join(f"{s}:{mean[s]:.3f}" for s in shared), flush=True)
         name = max(ceilings, key=lambda k: ceilings[k][0])
